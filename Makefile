@@ -1,0 +1,49 @@
+# Two commands a new user needs: `make run` and `make test`.
+# Both create .venv when it is missing and (re)install the project when
+# pyproject.toml changes, so a fresh clone needs only Python 3.11+ and git.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN_STAMP  := $(VENV)/.run-installed
+DEV_STAMP  := $(VENV)/.dev-installed
+
+.PHONY: run test lint typecheck pytest bench clean help
+
+help:
+	@echo "make run    - start the API with an embedded Redis and a demo fleet"
+	@echo "make test   - ruff, mypy and the test suite (starts its own redis-server)"
+	@echo "make bench  - benchmarks in bench/, each against a bare baseline"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	$(BIN)/ezdash serve
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+pytest: $(DEV_STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(DEV_STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

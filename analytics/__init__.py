@@ -1,0 +1,1 @@
+"""Analytics over the dashboard's metrics: pure functions over pandas objects."""

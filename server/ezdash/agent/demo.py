@@ -1,0 +1,178 @@
+"""The demo fleet: simulated LLM agents on the real runtime, plus a steady task stream.
+
+Everything goes through the same client a real agent uses; only the "LLM call"
+is simulated, with log-normal latency and the failure mix seen in practice
+(rate limits and timeouts that retry, a few bad requests that do not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..keys import Keys
+from ..store.scripts import Scripts
+from ..store.tasks import TaskStore
+from .runtime import Agent, AgentConfig, PermanentError, TaskContext
+
+log = logging.getLogger("ezdash.demo")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    queues: tuple[str, ...]
+    models: tuple[str, ...]
+    median_latency_s: float
+    task_types: tuple[str, ...]
+    weight: float
+
+
+KINDS = (
+    Kind(
+        "researcher",
+        ("research",),
+        ("gpt-4o", "claude-sonnet-4"),
+        2.5,
+        ("web_research", "compare_sources"),
+        2.0,
+    ),
+    Kind(
+        "coder", ("code",), ("claude-sonnet-4", "gpt-4.1"), 3.0, ("write_patch", "review_diff"), 2.0
+    ),
+    Kind(
+        "summarizer",
+        ("summarize", "default"),
+        ("gpt-4o-mini", "claude-haiku-4"),
+        0.8,
+        ("summarize", "extract_facts"),
+        3.0,
+    ),
+    Kind(
+        "support",
+        ("support", "default"),
+        ("gpt-4o-mini",),
+        1.2,
+        ("answer_ticket", "classify_ticket"),
+        2.0,
+    ),
+)
+
+
+class RateLimited(Exception):
+    """Simulated provider 429."""
+
+
+class UpstreamTimeout(Exception):
+    """Simulated provider timeout."""
+
+
+def make_handler(kind: Kind, rng: random.Random, speed: float) -> Any:
+    async def handle(ctx: TaskContext) -> dict[str, Any]:
+        latency = rng.lognormvariate(math.log(kind.median_latency_s), 0.5) / speed
+        await asyncio.sleep(min(latency, 30.0))
+        roll = rng.random()
+        if roll < 0.03:
+            raise RateLimited("429 from provider: rate limit exceeded, retry later")
+        if roll < 0.05:
+            raise UpstreamTimeout(f"provider did not answer within {latency:.1f}s")
+        if roll < 0.06:
+            raise PermanentError("request rejected: prompt exceeds the context window")
+        return {"model": rng.choice(kind.models), "output_tokens": rng.randint(50, 1500)}
+
+    return handle
+
+
+def fleet_configs(
+    n: int, *, prefix: str, heartbeat: float, visibility: float, seed: int = 7
+) -> list[tuple[str, Kind, AgentConfig]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = (
+            KINDS[i % len(KINDS)]
+            if i < len(KINDS)
+            else rng.choices(KINDS, [k.weight for k in KINDS])[0]
+        )
+        cfg = AgentConfig(
+            queues=list(kind.queues),
+            kind=kind.name,
+            name=f"{kind.name} #{i + 1}",
+            model=rng.choice(kind.models),
+            tags={"env": "demo", "region": rng.choice(["us-east", "eu-west"])},
+            prefix=prefix,
+            heartbeat_interval=heartbeat,
+            visibility_timeout=visibility,
+        )
+        out.append((f"demo-{kind.name}-{i + 1:03d}", kind, cfg))
+    return out
+
+
+async def produce(tasks: TaskStore, rate_per_s: float, stop: asyncio.Event, seed: int = 11) -> None:
+    """Create tasks as a Poisson stream, spread over the fleet's kinds."""
+    rng = random.Random(seed)
+    while not stop.is_set():
+        kind = rng.choices(KINDS, [k.weight for k in KINDS])[0]
+        await tasks.create(
+            type=rng.choice(kind.task_types),
+            queue=kind.queues[0],
+            payload={"prompt": f"demo request {rng.randint(1, 10**6)}", "source": "demo"},
+            priority=9 if rng.random() < 0.05 else 0,
+            max_attempts=3,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rng.expovariate(rate_per_s))
+
+
+async def run_fleet(
+    redis_url: str,
+    n: int,
+    *,
+    prefix: str = "ez",
+    heartbeat: float = 5.0,
+    visibility: float = 60.0,
+    speed: float = 1.0,
+    stop: asyncio.Event | None = None,
+    produce_tasks: bool = True,
+) -> None:
+    """Run n agents and a producer until ``stop`` is set, then stop them gracefully."""
+    stop = stop or asyncio.Event()
+    rng = random.Random(3)
+    agents = [
+        Agent(
+            aid,
+            make_handler(kind, random.Random(rng.random()), speed),
+            redis_url=redis_url,
+            config=cfg,
+        )
+        for aid, kind, cfg in fleet_configs(
+            n, prefix=prefix, heartbeat=heartbeat, visibility=visibility
+        )
+    ]
+    runs = [asyncio.create_task(a.run(), name=a.id) for a in agents]
+    producer = None
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    if produce_tasks and n:
+        keys = Keys(prefix)
+        store = TaskStore(redis, keys, Scripts(redis), events_maxlen=100_000)
+        mean_latency = sum(k.median_latency_s for k in KINDS) / len(KINDS) / speed
+        rate = 0.6 * n / mean_latency  # keep the fleet about 60 % busy
+        producer = asyncio.create_task(produce(store, rate, stop), name="producer")
+    log.info("demo fleet of %d agents running", n)
+    try:
+        await stop.wait()
+    finally:
+        if producer:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+        await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+        await asyncio.gather(*runs, return_exceptions=True)
+        await redis.aclose()

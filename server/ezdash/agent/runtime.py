@@ -1,0 +1,372 @@
+"""One agent process: register, heartbeat, take tasks, report, obey commands.
+
+Three loops run side by side: *work* (take a task, run the handler, report),
+*pulse* (heartbeat, renew the leases of running tasks, notice cancellations,
+reclaim deliveries of dead agents), and *control* (read this agent's command
+stream).  Blocking Redis reads get their own connections so a long XREAD never
+holds up a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from .. import __version__
+from ..aio import reraise_if_cancelling
+from ..ids import AGENT_ID
+from ..keys import Keys
+from ..store.commands import CommandStore
+from ..store.scripts import Scripts
+from ..store.tasks import Delivery, TaskStore
+from ..timeutil import now_ms
+
+log = logging.getLogger("ezdash.agent")
+
+
+class PermanentError(Exception):
+    """Raise from a handler when retrying cannot help (bad input): the task ends
+    ``failed`` at once instead of using up its attempts."""
+
+
+@dataclass
+class AgentConfig:
+    """How the agent behaves; the defaults suit a real fleet, tests shorten them."""
+
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    kind: str = "generic"
+    name: str | None = None
+    model: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    concurrency: int = 1
+    heartbeat_interval: float = 5.0
+    visibility_timeout: float = 60.0
+    block_s: float = 5.0
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    prefix: str = "ez"
+    events_maxlen: int = 100_000
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets: the task and a way to tell whether to give up early."""
+
+    id: str
+    type: str
+    queue: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    agent: Agent
+
+
+Handler = Callable[[TaskContext], Coroutine[Any, Any, Any]]
+Hook = Callable[["Agent"], Awaitable[None]]
+
+
+class Agent:
+    def __init__(
+        self,
+        agent_id: str,
+        handler: Handler,
+        *,
+        redis_url: str | None = None,
+        redis: Redis | None = None,
+        config: AgentConfig | None = None,
+        on_restart: Hook | None = None,
+    ) -> None:
+        if not AGENT_ID.match(agent_id):
+            raise ValueError("agent ids are 1-128 characters of A-Z a-z 0-9 . _ : -")
+        if redis is None and redis_url is None:
+            raise ValueError("give redis_url or redis")
+        self.id = agent_id
+        self.handler = handler
+        self.config = config or AgentConfig()
+        if self.config.visibility_timeout <= 2 * self.config.heartbeat_interval:
+            raise ValueError("visibility_timeout must exceed twice heartbeat_interval")
+        self.on_restart = on_restart
+        self._url = redis_url
+        self.redis: Redis = redis or Redis.from_url(redis_url or "", decode_responses=True)
+        self._owns_redis = redis is None
+        self.keys = Keys(self.config.prefix)
+        scripts = Scripts(self.redis)
+        self.tasks = TaskStore(
+            self.redis, self.keys, scripts, events_maxlen=self.config.events_maxlen
+        )
+        self.commands = CommandStore(
+            self.redis, self.keys, scripts, events_maxlen=self.config.events_maxlen, ttl_s=60
+        )
+        self.status = "starting"
+        self.restarts = 0
+        self.started_at = now_ms()
+        self.running: dict[str, tuple[Delivery, asyncio.Task[Any]]] = {}
+        self._accepting = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._active = 0  # work slots taking or executing a task
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._blocking: list[Redis] = []
+        self.completed = 0
+
+    # -- the agent's own document -------------------------------------------------
+    def document(self) -> dict[str, Any]:
+        current = next(iter(self.running), None)
+        cfg = self.config
+        return {
+            "id": self.id,
+            "name": cfg.name or self.id,
+            "kind": cfg.kind,
+            "status": self.status,
+            "model": cfg.model,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "current_task": current,
+            "started_at": self.started_at,
+            "restarts": self.restarts,
+            "tags": cfg.tags,
+            "queues": cfg.queues,
+            "concurrency": cfg.concurrency,
+        }
+
+    async def publish(self, status: str | None = None) -> None:
+        if status is not None:
+            self.status = status
+        await self.tasks.scripts.run(
+            "agent_put",
+            [self.keys.agents],
+            [
+                self.keys.base,
+                self.id,
+                orjson.dumps(self.document()).decode(),
+                self.config.events_maxlen,
+            ],
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until stopped by a command or by ``stop()``."""
+        await self.publish("starting")
+        self._accepting.set()
+        await self.publish("idle")
+        self._loops = [
+            asyncio.create_task(self._work(i), name=f"{self.id}:work{i}")
+            for i in range(self.config.concurrency)
+        ]
+        self._loops.append(asyncio.create_task(self._pulse(), name=f"{self.id}:pulse"))
+        self._loops.append(asyncio.create_task(self._control(), name=f"{self.id}:control"))
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._shutdown_loops()
+
+    async def stop(self, *, force: bool = False, command_id: str | None = None) -> None:
+        """Graceful: finish running tasks first.  Forced: give them back to their queues.
+        A stop command is completed only once the agent really is stopped."""
+        self.status = "stopping"
+        self._accepting.clear()
+        with contextlib.suppress(RedisError):
+            await self.publish()
+        await self._drain(force=force)
+        with contextlib.suppress(RedisError):
+            await self.publish("stopped")
+            if command_id:
+                await self.commands.update(command_id, "completed", agent_id=self.id)
+        self._stopped.set()
+
+    async def kill(self) -> None:
+        """Vanish without a word, as a crashed process would (for tests and demos)."""
+        self._accepting.clear()
+        for loop in self._loops:
+            loop.cancel()
+        for _, task in list(self.running.values()):
+            task.cancel()
+        self._stopped.set()
+        await self._shutdown_loops()
+
+    async def _shutdown_loops(self) -> None:
+        me = asyncio.current_task()
+        loops = [t for t in self._loops if t is not me]
+        for t in loops:
+            t.cancel()
+        for t in loops:
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await t
+        for client in self._blocking:
+            await client.aclose()
+        self._blocking.clear()
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def _drain(self, *, force: bool) -> None:
+        if force:
+            for tid, (d, task) in list(self.running.items()):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await self.tasks.abandon(d, self.id)
+                self.running.pop(tid, None)
+        await self._idle.wait()  # every taken task reported
+
+    def _blocking_client(self) -> Redis:
+        pool = self.redis.connection_pool
+        client = Redis.from_pool(
+            ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+        )
+        self._blocking.append(client)
+        return client
+
+    # -- work -----------------------------------------------------------------------
+    async def _work(self, slot: int) -> None:
+        blocker = self._blocking_client()
+        while True:
+            await self._accepting.wait()
+            self._active += 1
+            self._idle.clear()
+            try:
+                got = await self.tasks.take(self.id, self.config.queues)
+                if isinstance(got, Delivery):
+                    await self._execute(got)
+                    continue
+            except (RedisConnectionError, OSError) as e:
+                reraise_if_cancelling(e)
+                log.warning("%s: redis unavailable (%s); retrying", self.id, e)
+                self.status = "error"
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(RedisError):
+                    await self.publish("busy" if self.running else "idle")
+                continue
+            finally:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle.set()
+            await blocker.xread(dict(got), count=1, block=int(self.config.block_s * 1000))
+
+    async def _execute(self, d: Delivery) -> None:
+        ctx = TaskContext(d.id, d.type, d.queue, d.payload, d.attempt, d.max_attempts, self)
+        task: asyncio.Task[Any] = asyncio.create_task(self.handler(ctx), name=f"{self.id}:{d.id}")
+        self.running[d.id] = (d, task)
+        await self.publish("busy")
+        error: tuple[str, str] | None = None
+        retryable = True
+        result: Any = None
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not task.cancelled() or (me is not None and me.cancelling()):
+                raise  # we are being cancelled ourselves
+            self.running.pop(d.id, None)
+            # cancelled through the API, lost, or a forced stop is handling it
+            if self._accepting.is_set():
+                await self.tasks.finish(d, self.id, error=("Cancelled", "handler cancelled"))
+                await self.publish("busy" if self.running else "idle")
+            return
+        except PermanentError as e:
+            error, retryable = (type(e).__name__, str(e)), False
+        except Exception as e:
+            error = (type(e).__name__, str(e) or repr(e))
+        self.running.pop(d.id, None)
+        backoff = 0.0
+        if error is not None:
+            backoff = min(
+                self.config.retry_backoff_s * 2 ** (d.attempt - 1), self.config.retry_backoff_max_s
+            ) * random.uniform(0.8, 1.2)
+        outcome, status = await self.tasks.finish(
+            d, self.id, result=result, error=error, retryable=retryable, backoff_s=backoff
+        )
+        if outcome == "stale":
+            log.info("%s: result for %s discarded: task is now %s", self.id, d.id, status)
+        self.completed += 1
+        if self._accepting.is_set():
+            await self.publish("busy" if self.running else "idle")
+
+    # -- pulse ----------------------------------------------------------------------
+    async def _pulse(self) -> None:
+        cfg = self.config
+        beats = 0
+        while True:
+            await asyncio.sleep(cfg.heartbeat_interval)
+            beats += 1
+            try:
+                alive = await self.tasks.scripts.run(
+                    "agent_heartbeat", [self.keys.heartbeats], [self.keys.base, self.id]
+                )
+                if not alive:
+                    await self.publish()  # the registry was wiped: register again
+                for tid, (d, task) in list(self.running.items()):
+                    if not await self.tasks.lease(d, self.id):
+                        log.info("%s: lost task %s (cancelled or reclaimed)", self.id, tid)
+                        task.cancel()
+                if beats % max(1, int(cfg.visibility_timeout / cfg.heartbeat_interval / 2)) == 0:
+                    for queue in cfg.queues:
+                        await self.tasks.reclaim(queue, self.id, cfg.visibility_timeout)
+                    await self.tasks.promote_due()
+            except (RedisError, OSError) as e:
+                reraise_if_cancelling(e)
+                log.warning("%s: heartbeat failed: %s", self.id, e)
+
+    # -- control --------------------------------------------------------------------
+    async def _control(self) -> None:
+        blocker = self._blocking_client()
+        stream = self.keys.agent_commands(self.id)
+        last = "0-0"
+        while True:
+            try:
+                res = await blocker.xread(
+                    {stream: last}, count=10, block=int(self.config.block_s * 1000)
+                )
+            except (RedisConnectionError, OSError) as e:
+                reraise_if_cancelling(e)
+                await asyncio.sleep(1.0)
+                continue
+            for _, entries in cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], res or []):
+                for entry_id, fields in entries:
+                    last = entry_id
+                    await self._obey(
+                        fields["command"], fields["action"], fields.get("force") == "1"
+                    )
+
+    async def _obey(self, cid: str, action: str, force: bool) -> None:
+        status = await self.commands.update(cid, "acknowledged", agent_id=self.id)
+        if status != "acknowledged":
+            return  # already handled, expired or not ours: do nothing
+        try:
+            if action == "restart":
+                await self._restart()
+            elif action == "stop":
+                await self.stop(force=force, command_id=cid)
+                return
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except Exception as e:
+            await self.commands.update(cid, "failed", agent_id=self.id, error=str(e))
+            await self.publish("error")
+            return
+        await self.commands.update(cid, "completed", agent_id=self.id)
+
+    async def _restart(self) -> None:
+        """Stop taking work, let running tasks finish, re-initialise, count it."""
+        self._accepting.clear()
+        await self.publish("restarting")
+        await self._drain(force=False)
+        if self.on_restart is not None:
+            await self.on_restart(self)
+        self.restarts += 1
+        self.started_at = now_ms()
+        self._accepting.set()
+        await self.publish("idle")

@@ -1,0 +1,120 @@
+"""Agents: list, inspect, restart and stop."""
+
+from __future__ import annotations
+
+from ..ids import AGENT_ID
+from ..keys import AGENT_STATUSES
+from ..store.paging import CursorError
+from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
+from .base import APIHandler, cursor_problem
+from .errors import Problem, conflict, invalid, not_found
+
+
+def check_agent_id(agent_id: str) -> str:
+    if not AGENT_ID.match(agent_id):
+        raise invalid("id", "agent ids are 1-128 characters of A-Z a-z 0-9 . _ : -", 404)
+    return agent_id
+
+
+class AgentsHandler(APIHandler):
+    scopes = {"GET": "read"}
+
+    async def get(self) -> None:
+        self.check_query({"status", "kind", "q", "limit", "cursor"})
+        status = self.q_str("status", choices=AGENT_STATUSES)
+        kind = self.q_str("kind", max_len=128)
+        q = self.q_str("q", max_len=128)
+        limit, cursor = self.page_args()
+        try:
+            items, nxt = await self.services.agents.page(
+                status=status, kind=kind, q=q, limit=limit, cursor=cursor
+            )
+        except CursorError as e:
+            raise cursor_problem(e) from e
+        self.write_json({"items": items, "next_cursor": nxt})
+
+
+class AgentHandler(APIHandler):
+    scopes = {"GET": "read", "DELETE": "control"}
+
+    async def get(self, agent_id: str) -> None:
+        self.check_query(())
+        svc = self.services
+        agent = await svc.agents.get(check_agent_id(agent_id))
+        if agent is None:
+            raise not_found("agent", agent_id)
+        now = await svc.redis_now_ms()
+        agent.update(await svc.agents.detail_extras(agent_id, now))
+        agent["pending_commands"] = await svc.commands.pending_for(agent_id)
+        self.write_json(agent)
+
+    async def delete(self, agent_id: str) -> None:
+        """Stop: graceful by default (finish the current task), ``force=true`` requeues it."""
+        self.check_query({"force", "dry_run"})
+        await command(self, check_agent_id(agent_id), "stop", force=self.q_bool("force"))
+
+
+class AgentRestartHandler(APIHandler):
+    scopes = {"POST": "control"}
+
+    async def post(self, agent_id: str) -> None:
+        self.check_query({"dry_run"})
+        if self.request.body.strip() not in (b"", b"{}"):
+            raise invalid("body", "restart takes no body", 400)
+        await command(self, check_agent_id(agent_id), "restart", force=False)
+
+
+async def command(h: APIHandler, agent_id: str, action: str, *, force: bool) -> None:
+    svc = h.services
+    dry = h.q_bool("dry_run")
+    idem = h.idempotency_key()
+    agent = await svc.agents.get(agent_id)
+    if agent is None:
+        raise not_found("agent", agent_id)
+    if agent["status"] == "stopped":
+        raise conflict(f"agent {agent_id!r} is stopped; it cannot {action}")
+    if dry:
+        task = agent.get("current_task")
+        if action == "restart":
+            would = f"queue a restart of agent {agent_id!r} (now {agent['status']})"
+        elif force:
+            would = f"queue a forced stop of agent {agent_id!r}" + (
+                f"; task {task!r} would go back to its queue" if task else ""
+            )
+        else:
+            would = f"queue a graceful stop of agent {agent_id!r}" + (
+                f" after it finishes task {task!r}" if task else ""
+            )
+        h.write_json({"dry_run": True, "would": would, "target": agent})
+        return
+    idempotency = None
+    if idem:
+        idempotency = (
+            svc.keys.idempotency(h.principal.id, f"{action}:{agent_id}", idem),
+            svc.settings.idempotency_ttl,
+        )
+    try:
+        doc, created = await svc.commands.create(
+            agent_id, action, force=force, requested_by=h.principal.id, idempotency=idempotency
+        )
+    except NotFound:
+        raise not_found("agent", agent_id) from None
+    except Conflict:
+        raise conflict(f"agent {agent_id!r} is stopped; it cannot {action}") from None
+    except IdempotencyMismatch:
+        raise Problem(
+            422,
+            "Idempotency-Key was already used for a different request",
+            type="idempotency-mismatch",
+        ) from None
+    if not created:
+        h.set_header("Idempotent-Replayed", "true")
+    h.set_header("Location", f"/api/control/commands/{doc['id']}")
+    h.write_json({"command": doc}, 202)
+
+
+default_handlers = [
+    (r"/api/agents", AgentsHandler),
+    (r"/api/agents/([^/]+)", AgentHandler),
+    (r"/api/agents/([^/]+)/restart", AgentRestartHandler),
+]

@@ -1,0 +1,206 @@
+"""Request and response shapes.  Requests are validated with these models; the
+OpenAPI document is generated from them, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
+
+QUEUE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+TYPE_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
+
+TaskStatus = Literal[TASK_STATUSES]  # type: ignore[valid-type]
+AgentStatus = Literal[AGENT_STATUSES]  # type: ignore[valid-type]
+CommandStatus = Literal[COMMAND_STATUSES]  # type: ignore[valid-type]
+CommandAction = Literal[COMMAND_ACTIONS]  # type: ignore[valid-type]
+Time = str
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TaskCreate(Strict):
+    """Body of POST /api/tasks."""
+
+    type: str = Field(pattern=TYPE_PATTERN, description="What the task is, e.g. 'summarize'.")
+    payload: dict[str, Any] = Field(default_factory=dict, description="At most 64 KiB as JSON.")
+    queue: str = Field("default", pattern=QUEUE_PATTERN)
+    priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent).")
+    max_attempts: int = Field(3, ge=1, le=100)
+
+
+class TaskError(BaseModel):
+    type: str
+    message: str
+
+
+class Attempt(BaseModel):
+    attempt: int
+    agent_id: str | None
+    started_at: Time | None
+    finished_at: Time | None
+    status: str = Field(description="running, succeeded, failed, abandoned, lost or cancelled")
+    error: TaskError | None = None
+
+
+class Task(BaseModel):
+    id: str
+    type: str
+    queue: str
+    status: TaskStatus
+    payload: dict[str, Any]
+    priority: int
+    agent_id: str | None
+    attempts: int
+    max_attempts: int
+    created_at: Time
+    started_at: Time | None
+    finished_at: Time | None
+    error: TaskError | None
+    result: Any = None
+
+
+class TaskWithHistory(Task):
+    history: list[Attempt]
+
+
+class Agent(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+    kind: str
+    status: AgentStatus
+    model: str | None
+    host: str | None
+    version: str | None
+    current_task: str | None
+    started_at: Time | None
+    last_heartbeat: Time | None
+    heartbeat_age_s: float | None
+    restarts: int
+    tags: dict[str, str]
+    queues: list[str] = Field(default_factory=list)
+
+
+class Command(BaseModel):
+    id: str
+    agent_id: str
+    action: CommandAction
+    force: bool
+    status: CommandStatus
+    created_at: Time
+    acknowledged_at: Time | None
+    completed_at: Time | None
+    expires_at: Time | None
+    requested_by: str | None
+    error: str | None
+
+
+class AgentStats(BaseModel):
+    tasks_succeeded_1h: int
+    tasks_failed_1h: int
+
+
+class AgentError(BaseModel):
+    ts: Time
+    task_id: str
+    type: str
+    message: str
+
+
+class AgentDetail(Agent):
+    stats: AgentStats
+    recent_errors: list[AgentError]
+    pending_commands: list[Command]
+
+
+class Queue(BaseModel):
+    name: str
+    depth: int
+    running: int
+    oldest_age_s: float
+    throughput_per_min: float
+    drain_eta_s: float | None
+
+
+class TaskEnvelope(BaseModel):
+    task: Task
+
+
+class CommandEnvelope(BaseModel):
+    command: Command
+
+
+class DryRun(BaseModel):
+    dry_run: Literal[True]
+    would: str = Field(description="What the request would have done.")
+    target: dict[str, Any]
+
+
+class TaskPage(BaseModel):
+    items: list[Task]
+    next_cursor: str | None
+
+
+class AgentPage(BaseModel):
+    items: list[Agent]
+    next_cursor: str | None
+
+
+class CommandPage(BaseModel):
+    items: list[Command]
+    next_cursor: str | None
+
+
+class RedisHealth(BaseModel):
+    ok: bool
+    latency_ms: float | None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    redis: RedisHealth
+    version: str
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "draining"]
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+SCHEMAS: tuple[type[BaseModel], ...] = (
+    TaskCreate,
+    Task,
+    TaskWithHistory,
+    Agent,
+    AgentDetail,
+    Command,
+    Queue,
+    TaskEnvelope,
+    CommandEnvelope,
+    DryRun,
+    TaskPage,
+    AgentPage,
+    CommandPage,
+    Health,
+    Ready,
+    Problem,
+)

@@ -1,0 +1,279 @@
+"""The OpenAPI 3.1 document, generated from the same models that validate requests."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from .. import __version__
+from .models import SCHEMAS
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _problem(desc: str) -> dict[str, Any]:
+    return {
+        "description": desc,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+def _ok(schema: dict[str, Any], desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+def _q(name: str, desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": desc,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _path(name: str, desc: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": desc,
+        "schema": {"type": "string"},
+    }
+
+
+PAGE = [
+    _q(
+        "limit", "Page size (1-500, default 50).", {"type": "integer", "minimum": 1, "maximum": 500}
+    ),
+    _q("cursor", "Opaque cursor from the previous page's next_cursor."),
+]
+DRY = _q(
+    "dry_run", "Validate and authorise, change nothing, say what would happen.", {"type": "boolean"}
+)
+IDEM = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A repeat within 24 h returns the first result.",
+    "schema": {"type": "string", "maxLength": 255},
+}
+ERR = {
+    "400": _problem("Malformed request (bad JSON, unknown parameter, bad cursor)"),
+    "401": _problem("Missing or invalid credentials"),
+    "403": _problem("Credentials lack the needed scope"),
+    "422": _problem("A field failed validation; `errors` names it"),
+    "429": _problem("Rate limited; see Retry-After"),
+}
+
+
+def _op(
+    summary: str,
+    scope: str | None,
+    responses: dict[str, Any],
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": params or [],
+        "responses": {**responses, **(ERR if scope else {})},
+    }
+    op["security"] = [{"bearer": []}, {"apiKey": []}] if scope else []
+    if scope:
+        op["x-scope"] = scope
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return op
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    _, defs = models_json_schema([(m, "serialization") for m in SCHEMAS], ref_template=REF)
+    schemas = defs.get("$defs", {})
+    agent_id = _path("agent_id", "The agent's own id.")
+    task_id = _path("task_id", "A task id (tsk_...).")
+    paths: dict[str, Any] = {
+        "/api/health": {
+            "get": _op(
+                "Liveness and Redis latency",
+                None,
+                {"200": _ok(_ref("Health")), "503": _ok(_ref("Health"), "Redis unreachable")},
+            )
+        },
+        "/api/ready": {
+            "get": _op(
+                "Readiness (503 while draining)",
+                None,
+                {"200": _ok(_ref("Ready")), "503": _ok(_ref("Ready"), "Draining")},
+            )
+        },
+        "/api/openapi.json": {"get": _op("This document", None, {"200": _ok({"type": "object"})})},
+        "/api/agents": {
+            "get": _op(
+                "List agents (id order)",
+                "read",
+                {"200": _ok(_ref("AgentPage"))},
+                [
+                    _q(
+                        "status",
+                        "Derived status",
+                        {"enum": list(schemas["Agent"]["properties"]["status"]["enum"])},
+                    ),
+                    _q("kind", "Agent kind"),
+                    _q("q", "Substring of id or name"),
+                    *PAGE,
+                ],
+            )
+        },
+        "/api/agents/{agent_id}": {
+            "get": _op(
+                "One agent with stats, recent errors and pending commands",
+                "read",
+                {"200": _ok(_ref("AgentDetail")), "404": _problem("Unknown agent")},
+                [agent_id],
+            ),
+            "delete": _op(
+                "Stop an agent (graceful; force=true requeues its task)",
+                "control",
+                {
+                    "202": _ok(_ref("CommandEnvelope"), "Command queued"),
+                    "200": _ok(_ref("DryRun"), "Dry run"),
+                    "404": _problem("Unknown agent"),
+                    "409": _problem("Agent already stopped"),
+                },
+                [agent_id, _q("force", "Abandon the current task", {"type": "boolean"}), DRY, IDEM],
+            ),
+        },
+        "/api/agents/{agent_id}/restart": {
+            "post": _op(
+                "Restart an agent",
+                "control",
+                {
+                    "202": _ok(_ref("CommandEnvelope"), "Command queued"),
+                    "200": _ok(_ref("DryRun"), "Dry run"),
+                    "404": _problem("Unknown agent"),
+                    "409": _problem("Agent stopped"),
+                },
+                [agent_id, DRY, IDEM],
+            )
+        },
+        "/api/control/commands": {
+            "get": _op(
+                "List commands (newest first)",
+                "read",
+                {"200": _ok(_ref("CommandPage"))},
+                [
+                    _q("agent", "Agent id"),
+                    _q(
+                        "status",
+                        "Command status",
+                        {"enum": list(schemas["Command"]["properties"]["status"]["enum"])},
+                    ),
+                    *PAGE,
+                ],
+            )
+        },
+        "/api/control/commands/{command_id}": {
+            "get": _op(
+                "One command",
+                "read",
+                {"200": _ok(_ref("Command")), "404": _problem("Unknown command")},
+                [_path("command_id", "A command id (cmd_...)")],
+            )
+        },
+        "/api/tasks": {
+            "get": _op(
+                "List tasks (newest first)",
+                "read",
+                {"200": _ok(_ref("TaskPage"))},
+                [
+                    _q(
+                        "status",
+                        "Task status",
+                        {"enum": list(schemas["Task"]["properties"]["status"]["enum"])},
+                    ),
+                    _q("queue", "Queue name"),
+                    _q("agent", "Agent id"),
+                    _q("type", "Task type"),
+                    _q("from", "Created at or after (RFC 3339, unix seconds, now-24h)"),
+                    _q("to", "Created at or before"),
+                    *PAGE,
+                ],
+            ),
+            "post": _op(
+                "Create a task",
+                "write",
+                {
+                    "201": _ok(_ref("TaskEnvelope"), "Created; Location names it"),
+                    "413": _problem("Body or payload too large"),
+                },
+                [IDEM],
+                body="TaskCreate",
+            ),
+        },
+        "/api/tasks/{task_id}": {
+            "get": _op(
+                "One task with its attempt history",
+                "read",
+                {"200": _ok(_ref("TaskWithHistory")), "404": _problem("Unknown task")},
+                [task_id],
+            )
+        },
+        "/api/tasks/{task_id}/retry": {
+            "put": _op(
+                "Put a failed, dead or cancelled task back on its queue",
+                "write",
+                {
+                    "200": _ok({"oneOf": [_ref("TaskEnvelope"), _ref("DryRun")]}),
+                    "404": _problem("Unknown task"),
+                    "409": _problem("Task not retryable"),
+                },
+                [task_id, DRY],
+            )
+        },
+        "/api/tasks/{task_id}/cancel": {
+            "post": _op(
+                "Cancel a queued or running task",
+                "write",
+                {
+                    "200": _ok({"oneOf": [_ref("TaskEnvelope"), _ref("DryRun")]}),
+                    "404": _problem("Unknown task"),
+                    "409": _problem("Task already finished"),
+                },
+                [task_id, DRY],
+            )
+        },
+        "/api/queues": {
+            "get": _op(
+                "Queues with depth, age and throughput",
+                "read",
+                {"200": _ok({"type": "array", "items": _ref("Queue")})},
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "EzAugent Dashboard API",
+            "version": __version__,
+            "description": "Monitoring and control plane for fleets of LLM agents.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "API key or JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }

@@ -1,0 +1,105 @@
+"""The ``ezdash`` command.  Flags override the environment (see ``settings.Settings``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from .settings import Settings, load_settings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", help="Redis to use (env REDIS_URL); default: embedded")
+    p.add_argument("--redis-prefix", help="key prefix (env EZ_REDIS_PREFIX)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ezdash", description="EzAugent Dashboard")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API (embedded Redis and demo fleet by default)")
+    _common(s)
+    s.add_argument("--host", help="listen address (env EZ_HOST, default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (env EZ_PORT, default 8888)")
+    s.add_argument("--data-dir", help="embedded Redis data (env EZ_DATA_DIR, default .data)")
+    s.add_argument("--demo-agents", type=int, help="simulated agents (env EZ_DEMO_AGENTS)")
+
+    d = sub.add_parser("demo", help="run a fleet of simulated agents against a Redis")
+    _common(d)
+    d.add_argument("--agents", type=int, default=None, help="how many (default EZ_DEMO_AGENTS)")
+    d.add_argument("--speed", type=float, default=1.0, help="time compression of LLM latency")
+    d.add_argument("--no-producer", action="store_true", help="do not create demo tasks")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    names = ("redis_url", "redis_prefix", "log_level", "host", "port", "data_dir", "demo_agents")
+    overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
+    if overrides.get("log_level"):
+        overrides["log_level"] = str(overrides["log_level"]).upper()
+    return load_settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            name = "EZ_" + "_".join(str(x) for x in err["loc"]).upper()
+            print(f"ezdash: configuration {name}: {err['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        from .serve import DataDirBusy, serve
+
+        try:
+            asyncio.run(serve(settings))
+        except DataDirBusy as e:
+            print(f"ezdash: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "demo":
+        if not settings.redis_url:
+            print("ezdash demo: set REDIS_URL or --redis-url", file=sys.stderr)
+            return 2
+        n = args.agents if args.agents is not None else settings.demo_agents
+        asyncio.run(_demo(settings, n, args.speed, not args.no_producer))
+        return 0
+    return 2
+
+
+async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None:
+    from .agent.demo import run_fleet
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    assert settings.redis_url
+    await run_fleet(
+        settings.redis_url,
+        n,
+        prefix=settings.redis_prefix,
+        heartbeat=settings.heartbeat_interval,
+        visibility=settings.visibility_timeout,
+        speed=speed,
+        stop=stop,
+        produce_tasks=produce,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

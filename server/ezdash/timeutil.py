@@ -1,0 +1,58 @@
+"""Time in one convention: integers of milliseconds inside, RFC 3339 ``Z`` outside."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)(ms|s|m|h|d|w))?$")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``30s``/``5m``/``1h``/``7d`` (a bare number means seconds)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def format_ms(ms: int | float | None) -> str | None:
+    """RFC 3339 UTC with millisecond precision, e.g. ``2026-11-28T09:15:02.123Z``."""
+    if ms is None:
+        return None
+    ms = int(ms)
+    secs, rem = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem:03d}Z"
+
+
+def parse_time(text: str, *, now: int | None = None) -> int:
+    """Milliseconds from RFC 3339, unix seconds, or ``now``/``now-24h``.
+
+    Naive timestamps are refused: a dashboard that guesses the zone shows the
+    wrong day to half its users.
+    """
+    text = text.strip()
+    current = now_ms() if now is None else now
+    rel = _RELATIVE.match(text)
+    if rel:
+        if rel.group(1) is None:
+            return current
+        return current - int(float(rel.group(1)) * _UNITS[rel.group(2)] * 1000)
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        return int(float(text) * 1000)
+    try:
+        dt = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise ValueError(
+            "not a time: use RFC 3339 (2026-11-28T09:15:02Z), unix seconds or now-24h"
+        ) from None
+    if dt.tzinfo is None:
+        raise ValueError("time needs a zone offset or Z")
+    return int(dt.astimezone(UTC).timestamp() * 1000)
