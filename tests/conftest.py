@@ -17,15 +17,16 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from redis.asyncio import Redis
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
 from ezdash.agent import Agent, AgentConfig, TaskContext
 from ezdash.api.app import make_app
 from ezdash.api.services import Services
 from ezdash.redis_server import RedisServer
 from ezdash.settings import Settings
-from redis.asyncio import Redis
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
 FAST = {
     "heartbeat_interval": 0.2,

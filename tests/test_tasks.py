@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from ezdash.agent import PermanentError, TaskContext
 
 from .conftest import Api, Fleet, wait_for
