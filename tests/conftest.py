@@ -28,7 +28,7 @@ from ezdash.api.services import Services
 from ezdash.redis_server import RedisServer
 from ezdash.settings import Settings
 
-FAST = {
+FAST: dict[str, Any] = {
     "heartbeat_interval": 0.2,
     "heartbeat_timeout": 1.0,
     "visibility_timeout": 1.5,

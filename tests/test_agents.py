@@ -89,7 +89,9 @@ async def test_restart_flow(api: Api, fleet: Fleet) -> None:
     assert again.status == 202 and again.json["command"]["id"] == cmd["id"]
     listed = (await api.get("/api/control/commands?agent=worker-1")).json["items"]
     assert [c["id"] for c in listed] == [cmd["id"]]
-    events = await api.services.redis.xrange(api.services.keys.events)
+    events: list[tuple[str, dict[str, str]]] = await api.services.redis.xrange(
+        api.services.keys.events
+    )  # type: ignore[assignment]
     kinds = [f["type"] for _, f in events]
     assert "command.updated" in kinds and "agent.updated" in kinds
 

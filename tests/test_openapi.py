@@ -1,0 +1,98 @@
+"""/api/openapi.json describes exactly the routes the server has, and real answers
+(successes and problems) match the schemas it documents."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from ezdash.agent import TaskContext
+from ezdash.api.app import routes
+
+from .conftest import Api, Fleet, wait_for
+from .openapi_check import check_response
+
+
+async def test_document_is_served_and_lists_every_route(api: Api) -> None:
+    r = await api.get("/api/openapi.json")
+    assert r.status == 200
+    doc = r.json
+    assert doc["openapi"].startswith("3.1")
+    documented = {
+        (re.sub(r"\{[^}]+\}", "([^/]+)", path), method.upper())
+        for path, ops in doc["paths"].items()
+        for method in ops
+    }
+    served = set()
+    for pattern, cls in routes():
+        for method, _scope in cls.scopes.items():
+            served.add((pattern, method))
+    assert documented == served
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            scope = next(
+                cls.scopes[method.upper()]
+                for p, cls in routes()
+                if p == re.sub(r"\{[^}]+\}", "([^/]+)", path)
+            )
+            assert op.get("x-scope") == scope, (path, method)
+
+
+async def test_real_answers_match_the_document(api: Api, fleet: Fleet) -> None:
+    gate = asyncio.Event()
+
+    async def handler(ctx: TaskContext) -> Any:
+        if ctx.payload.get("fail"):
+            raise ValueError("boom")
+        await gate.wait()
+        return {"ok": True}
+
+    fleet.start("w1", handler, kind="coder", model="m")
+
+    async def fetch(method: str, path: str, **kw: Any) -> Any:
+        resp = await api.fetch(method, path, **kw)
+        check_response(method, path, resp)
+        return resp
+
+    created = await fetch("POST", "/api/tasks", json={"type": "t", "payload": {"a": 1}})
+    tid = created.json["task"]["id"]
+
+    async def running() -> bool:
+        return (await api.get(f"/api/tasks/{tid}")).json["status"] == "running"
+
+    await wait_for(running, 10)
+    await fetch("GET", f"/api/tasks/{tid}")
+    await fetch("GET", "/api/tasks")
+    await fetch("GET", "/api/agents")
+    await fetch("GET", "/api/agents/w1")
+    await fetch("GET", "/api/queues")
+    await fetch("POST", "/api/agents/w1/restart?dry_run=true")
+    cmd = await fetch("POST", "/api/agents/w1/restart")
+    await fetch("GET", f"/api/control/commands/{cmd.json['command']['id']}")
+    await fetch("GET", "/api/control/commands")
+    gate.set()
+    failed = await fetch(
+        "POST", "/api/tasks", json={"type": "t", "payload": {"fail": True}, "max_attempts": 1}
+    )
+    fid = failed.json["task"]["id"]
+
+    async def dead() -> bool:
+        return (await api.get(f"/api/tasks/{fid}")).json["status"] == "dead"
+
+    await wait_for(dead, 10)
+    await fetch("GET", f"/api/tasks/{fid}")
+    await fetch("GET", "/api/agents/w1")
+    await fetch("PUT", f"/api/tasks/{fid}/retry?dry_run=true")
+    await fetch("PUT", f"/api/tasks/{fid}/retry")
+    await fetch("POST", f"/api/tasks/{fid}/cancel")
+    await fetch("DELETE", "/api/agents/w1?dry_run=true")
+    await fetch("DELETE", "/api/agents/w1")
+    await fetch("GET", "/api/health")
+    await fetch("GET", "/api/ready")
+    # problems are documented too
+    await fetch("POST", "/api/tasks", json={"type": 1})
+    await fetch("GET", "/api/tasks/tsk_01M8GTE1GYDMJ6ZJP9XZZAER13")
+    await fetch("PUT", f"/api/tasks/{tid}/retry")
+    await fetch("GET", "/api/tasks?cursor=zz")
+    await fetch("GET", "/api/agents/nobody")
