@@ -8,6 +8,7 @@ heartbeat age, so it needs no sweeper and cannot go stale.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -34,12 +35,20 @@ SCAN_BUDGET = 20_000
 NO_HEARTBEAT_STATUSES = frozenset({"stopped"})
 
 
-def agent_view(raw: str, hb: float | None, now: int, timeout_s: float) -> dict[str, Any]:
+@lru_cache(maxsize=8192)
+def _parsed(raw: str) -> dict[str, Any]:
+    """Agent documents change only when the agent's state does, while a dashboard
+    re-reads them every few seconds: parse each distinct document once."""
     doc: dict[str, Any] = orjson.loads(raw)
+    doc["started_at"] = format_ms(doc.get("started_at"))
+    return doc
+
+
+def agent_view(raw: str, hb: float | None, now: int, timeout_s: float) -> dict[str, Any]:
+    doc = dict(_parsed(raw))
     age = (now - hb) / 1000 if hb is not None else None
     if doc.get("status") not in NO_HEARTBEAT_STATUSES and (age is None or age > timeout_s):
         doc["status"] = "unresponsive"
-    doc["started_at"] = format_ms(doc.get("started_at"))
     doc["last_heartbeat"] = format_ms(hb)
     doc["heartbeat_age_s"] = round(max(age, 0.0), 3) if age is not None else None
     return doc

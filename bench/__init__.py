@@ -1,0 +1,1 @@
+"""Benchmarks: each runs the project and a bare baseline doing the same work, in one run."""

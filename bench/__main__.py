@@ -1,0 +1,27 @@
+"""``make bench``: every benchmark, each against its bare baseline in the same run.
+
+python -m bench            run them all and print
+python -m bench --record   also append the figures to docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import bench_api
+from .common import record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="bench")
+    p.add_argument("--record", action="store_true", help="append results to docs/benchmarks.md")
+    p.add_argument("--only", choices=["api"], help="run one benchmark")
+    args = p.parse_args()
+    if args.only in (None, "api"):
+        bench_api.run()
+    if args.record:
+        record("make bench")
+
+
+if __name__ == "__main__":
+    main()

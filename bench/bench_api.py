@@ -1,0 +1,160 @@
+"""Issue 2: GET /api/agents?limit=500 with 1,000 agents against the naive baseline
+(one HGETALL per agent hash in a pipeline, then json.dumps); POST /api/tasks
+throughput and GET /api/tasks/{id} p99 against bare handlers doing the same I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import orjson
+from redis.asyncio import Redis
+
+from ezdash.keys import Keys
+from ezdash.store.scripts import Scripts
+
+from .baseline_server import NAIVE_AGENTS, naive_agent_key
+from .common import baseline_server, median, project_server, redis_server, report
+from .loadgen import LoadResult, load
+
+AGENTS = 1000
+ROUNDS = 3
+
+
+def agent_doc(i: int, rng: random.Random) -> dict[str, object]:
+    kind = rng.choice(["researcher", "coder", "summarizer", "support"])
+    return {
+        "id": f"agent-{i:05d}",
+        "name": f"{kind} #{i}",
+        "kind": kind,
+        "status": rng.choice(["idle", "busy"]),
+        "model": rng.choice(["gpt-4o", "claude-sonnet-4"]),
+        "host": f"worker-{i % 40}.fleet.internal",
+        "pid": 1000 + i,
+        "version": "0.1.0",
+        "current_task": f"tsk_{rng.getrandbits(100):026X}"[:30],
+        "started_at": 1795860000000 + i,
+        "restarts": rng.randint(0, 3),
+        "tags": {"env": "prod", "region": "eu-west"},
+        "queues": [kind],
+        "concurrency": 1,
+    }
+
+
+async def seed_agents(url: str) -> None:
+    redis = Redis.from_url(url, decode_responses=True)
+    keys = Keys()
+    scripts = Scripts(redis)
+    rng = random.Random(1)
+    for i in range(AGENTS):
+        doc = agent_doc(i, rng)
+        await scripts.run(
+            "agent_put", [keys.agents], [keys.base, doc["id"], orjson.dumps(doc).decode(), 100000]
+        )
+        naive: dict[str | bytes | bytearray | memoryview | int | float, str | int] = {
+            k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in doc.items()
+        }
+        naive["last_heartbeat"] = str(int(time.time() * 1000))
+        await redis.hset(naive_agent_key(str(doc["id"])), mapping=naive)
+        await redis.zadd(NAIVE_AGENTS, {str(doc["id"]): 0})
+    await redis.aclose()
+
+
+def fmt(r: LoadResult) -> str:
+    return f"{r.rps:8.1f} req/s  p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  errors {r.errors}"
+
+
+def compare(
+    name: str,
+    target: str,
+    project: str,
+    baseline: str,
+    paths: list[str],
+    *,
+    method: str = "GET",
+    bodies: list[bytes] | None = None,
+    concurrency: int = 16,
+    seconds: float = 5.0,
+) -> None:
+    ours: list[LoadResult] = []
+    base: list[LoadResult] = []
+    for _ in range(ROUNDS):
+        ours.append(
+            load(
+                project,
+                paths,
+                method=method,
+                bodies=bodies,
+                concurrency=concurrency,
+                seconds=seconds,
+            )
+        )
+        base.append(
+            load(
+                baseline,
+                paths,
+                method=method,
+                bodies=bodies,
+                concurrency=concurrency,
+                seconds=seconds,
+            )
+        )
+    o_rps, b_rps = median([r.rps for r in ours]), median([r.rps for r in base])
+    o_p99, b_p99 = median([r.p99_ms for r in ours]), median([r.p99_ms for r in base])
+    report(f"{name}  (median of {ROUNDS} x {seconds:.0f}s, {concurrency} connections)")
+    report(
+        f"  project : {o_rps:8.1f} req/s  p99 {o_p99:7.1f} ms  errors {sum(r.errors for r in ours)}"
+    )
+    report(
+        f"  baseline: {b_rps:8.1f} req/s  p99 {b_p99:7.1f} ms  errors {sum(r.errors for r in base)}"
+    )
+    report(f"  ratio (project/baseline throughput): {o_rps / b_rps:.2f}   target: {target}")
+
+
+def run() -> None:
+    with redis_server() as url:
+        asyncio.run(seed_agents(url))
+        with project_server(url) as project, baseline_server(url) as baseline:
+            compare(
+                "GET /api/agents?limit=500 with 1,000 agents",
+                ">= 1.0",
+                project,
+                baseline,
+                ["/api/agents?limit=500"],
+            )
+            bodies = [
+                orjson.dumps(
+                    {
+                        "type": "summarize",
+                        "queue": "bench",
+                        "payload": {"prompt": "x" * 200, "n": i},
+                    }
+                )
+                for i in range(64)
+            ]
+            compare(
+                "POST /api/tasks",
+                "report",
+                project,
+                baseline,
+                ["/api/tasks"],
+                method="POST",
+                bodies=bodies,
+            )
+            ids = asyncio.run(_task_ids(url))
+            compare(
+                "GET /api/tasks/{id} (p99 is the figure asked for)",
+                "report",
+                project,
+                baseline,
+                [f"/api/tasks/{t}" for t in ids],
+            )
+
+
+async def _task_ids(url: str) -> list[str]:
+    redis = Redis.from_url(url, decode_responses=True)
+    ids = await redis.zrange(Keys().tasks, 0, 499)
+    await redis.aclose()
+    return [str(i) for i in ids]
