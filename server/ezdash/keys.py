@@ -150,6 +150,45 @@ class Keys:
         """Sorted set: pending command ids scored by their acknowledgement deadline."""
         return f"{self.base}:cmds:pending"
 
+    # -- security -----------------------------------------------------------
+    def api_key(self, key_id: str) -> str:
+        """Hash: one API key's record (name, scopes, digest, times); never the key."""
+        return f"{self.base}:apikey:{key_id}"
+
+    @property
+    def api_key_digests(self) -> str:
+        """Hash: HMAC digest of a live key -> key id.  Revocation removes the entry."""
+        return f"{self.base}:apikeys:digests"
+
+    @property
+    def api_key_ids(self) -> str:
+        """Sorted set: key ids scored by creation time."""
+        return f"{self.base}:apikeys"
+
+    @property
+    def api_keys_revoked(self) -> str:
+        """Set of revoked key ids (JWTs minted from them are refused too)."""
+        return f"{self.base}:apikeys:revoked"
+
+    def rate_limit(self, principal: str, budget: str) -> str:
+        """String with TTL: GCRA theoretical arrival time of one principal's budget."""
+        return f"{self.base}:rl:{principal}:{budget}"
+
+    @property
+    def audit(self) -> str:
+        """Stream: who did what, to what, from where, with what result (capped)."""
+        return f"{self.base}:audit"
+
+    @property
+    def secret_fingerprint(self) -> str:
+        """String: fingerprint of the key-hash secret, so instances cannot disagree."""
+        return f"{self.base}:secret-fingerprint"
+
+    @property
+    def commands_acked(self) -> str:
+        """Sorted set: acknowledged, unfinished command ids scored by acknowledgement."""
+        return f"{self.base}:cmds:acked"
+
     # -- shared -------------------------------------------------------------
     @property
     def events(self) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BeforeValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .timeutil import parse_duration
 
@@ -26,6 +26,34 @@ def _duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
+def _comma_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    raise ValueError("expected a comma-separated list")
+
+
+def _rate(value: Any) -> str:
+    parse_rate(str(value))
+    return str(value)
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``600/1m`` -> (600 requests, 60.0 seconds)."""
+    count, _, window = text.partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or not window:
+        raise ValueError(f"not a rate: {text!r} (use e.g. 600/1m)")
+    seconds = parse_duration(window if window[0].isdigit() else "1" + window)
+    if seconds <= 0:
+        raise ValueError(f"not a rate: {text!r}")
+    return int(count), seconds
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+RateSpec = Annotated[str, BeforeValidator(_rate)]
 
 
 class Settings(BaseSettings):
@@ -53,13 +81,67 @@ class Settings(BaseSettings):
     command_ttl: Duration = 60.0
     maintenance_interval: Duration = 1.0
     task_retention: Duration = 7 * 86400.0
+    agent_retention: Duration = 7 * 86400.0
     idempotency_ttl: Duration = 86400.0
     events_maxlen: int = Field(100_000, ge=1000)
+
+    # -- security (see README "Security") --------------------------------------------
+    auth: bool = Field(True, description="Require credentials; off only on loopback.")
+    admin_key: SecretStr | None = Field(None, description="An admin API key (>= 32 chars).")
+    key_secret: SecretStr | None = Field(
+        None, description="HMAC key for API key hashes; generated in EZ_DATA_DIR if unset."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret; generated in EZ_DATA_DIR if unset."
+    )
+    jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256"])
+    jwt_public_key: Path | None = Field(None, description="PEM public key for RS256/ES256.")
+    jwt_jwks: Path | None = Field(None, description="JWKS file for RS256/ES256.")
+    jwt_issuer: str = "ezdash"
+    jwt_audience: str | None = None
+    jwt_ttl: Duration = 900.0
+    jwt_leeway: float = Field(30.0, ge=0, le=300)
+    rate_limit: bool = True
+    rate_read: RateSpec = "1200/1m"
+    rate_write: RateSpec = "300/1m"
+    rate_control: RateSpec = "60/1m"
+    rate_public: RateSpec = "600/1m"
+    cors_origins: CommaList = Field(default_factory=list)
+    trust_proxy: bool = Field(False, description="Take the client IP from X-Forwarded-For.")
+    audit_maxlen: int = Field(1_000_000, ge=1000)
 
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_payload_bytes: int = Field(64 << 10, ge=1024)
     shutdown_grace: Duration = 10.0
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @model_validator(mode="after")
+    def _safe(self) -> Settings:
+        if not self.auth and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("EZ_AUTH=false is only allowed when listening on loopback")
+        if self.admin_key is not None and len(self.admin_key.get_secret_value()) < 32:
+            raise ValueError("EZ_ADMIN_KEY must be at least 32 characters")
+        for alg in self.jwt_algorithms:
+            if alg not in (
+                "HS256",
+                "HS384",
+                "HS512",
+                "RS256",
+                "RS384",
+                "RS512",
+                "ES256",
+                "ES384",
+                "PS256",
+            ):
+                raise ValueError(f"EZ_JWT_ALGORITHMS: unsupported algorithm {alg!r}")
+        asym = [a for a in self.jwt_algorithms if not a.startswith("HS")]
+        if asym and self.jwt_public_key is None and self.jwt_jwks is None:
+            raise ValueError(
+                "EZ_JWT_ALGORITHMS names RS/ES algorithms: set EZ_JWT_PUBLIC_KEY or EZ_JWT_JWKS"
+            )
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise ValueError("EZ_CORS_ORIGINS: '*' cannot be combined with explicit origins")
+        return self
 
 
 def load_settings(**overrides: Any) -> Settings:

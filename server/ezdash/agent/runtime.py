@@ -23,6 +23,7 @@ import orjson
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import __version__
 from ..aio import reraise_if_cancelling
@@ -116,6 +117,7 @@ class Agent:
         self._accepting = asyncio.Event()
         self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._forcing = False
         self._active = 0  # work slots taking or executing a task
         self._idle = asyncio.Event()
         self._idle.set()
@@ -160,6 +162,7 @@ class Agent:
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
         """Run until stopped by a command or by ``stop()``."""
+        self.started_at = await self._redis_now()
         await self.publish("starting")
         self._accepting.set()
         await self.publish("idle")
@@ -174,13 +177,18 @@ class Agent:
         finally:
             await self._shutdown_loops()
 
+    async def _redis_now(self) -> int:
+        """The Redis clock, which every agent and server shares."""
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
     async def stop(self, *, force: bool = False, command_id: str | None = None) -> None:
         """Graceful: finish running tasks first.  Forced: give them back to their queues.
         A stop command is completed only once the agent really is stopped."""
         self.status = "stopping"
         self._accepting.clear()
-        with contextlib.suppress(RedisError):
-            await self.publish()
+        self._forcing = force
+        await self._publish_quiet()
         await self._drain(force=force)
         with contextlib.suppress(RedisError):
             await self.publish("stopped")
@@ -218,7 +226,7 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                await self.tasks.abandon(d, self.id)
+                await self._report(lambda d=d: self._abandon(d))  # type: ignore[misc]
                 self.running.pop(tid, None)
         await self._idle.wait()  # every taken task reported
 
@@ -242,58 +250,101 @@ class Agent:
                 if isinstance(got, Delivery):
                     await self._execute(got)
                     continue
-            except (RedisConnectionError, OSError) as e:
+            except (RedisError, OSError) as e:
                 reraise_if_cancelling(e)
-                log.warning("%s: redis unavailable (%s); retrying", self.id, e)
-                self.status = "error"
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(RedisError):
-                    await self.publish("busy" if self.running else "idle")
+                await self._trouble(e)
                 continue
             finally:
                 self._active -= 1
                 if self._active == 0:
                     self._idle.set()
-            await blocker.xread(dict(got), count=1, block=int(self.config.block_s * 1000))
+            if not got:
+                continue  # the take script stopped early on stale entries: go again
+            try:
+                await blocker.xread(dict(got), count=1, block=int(self.config.block_s * 1000))
+            except (RedisError, OSError) as e:
+                reraise_if_cancelling(e)
+                await self._trouble(e)
+
+    async def _trouble(self, e: BaseException) -> None:
+        """Redis is unreachable or refusing: say so, wait a little, carry on."""
+        log.warning("%s: redis trouble (%s: %s); retrying", self.id, type(e).__name__, e)
+        self.status = "error"
+        await asyncio.sleep(1.0)
+        await self._publish_quiet()
+
+    async def _publish_quiet(self) -> None:
+        """Publish the current status; failing to is never a reason to stop working.
+        While stopping or restarting that status stands; otherwise busy or idle."""
+        if self._accepting.is_set():
+            self.status = "busy" if self.running else "idle"
+        try:
+            await self.publish()
+        except (RedisError, OSError) as e:
+            reraise_if_cancelling(e)
+            log.warning("%s: could not publish status: %s", self.id, e)
+
+    async def _report(self, call: Callable[[], Awaitable[tuple[str, str]]]) -> tuple[str, str]:
+        """Report an outcome, retrying through a Redis outage for up to the visibility
+        timeout; after that the delivery is reclaimed and the task runs again."""
+        deadline = asyncio.get_running_loop().time() + self.config.visibility_timeout
+        while True:
+            try:
+                return await call()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                reraise_if_cancelling(e)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("%s: could not report yet (%s); retrying", self.id, e)
+                await asyncio.sleep(0.5)
 
     async def _execute(self, d: Delivery) -> None:
+        if self._forcing:  # taken just as a forced stop began: hand it straight back
+            await self._report(lambda: self._abandon(d))
+            return
         ctx = TaskContext(d.id, d.type, d.queue, d.payload, d.attempt, d.max_attempts, self)
         task: asyncio.Task[Any] = asyncio.create_task(self.handler(ctx), name=f"{self.id}:{d.id}")
         self.running[d.id] = (d, task)
-        await self.publish("busy")
         error: tuple[str, str] | None = None
         retryable = True
         result: Any = None
         try:
-            result = await task
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if not task.cancelled() or (me is not None and me.cancelling()):
-                raise  # we are being cancelled ourselves
+            await self._publish_quiet()
+            try:
+                result = await task
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not task.cancelled() or (me is not None and me.cancelling()):
+                    raise  # we are being cancelled ourselves
+                if self._forcing:
+                    return  # the forced stop gives it back to its queue
+                # cancelled through the API or its lease was lost: the report is
+                # answered 'stale' and releases the delivery
+                error = ("Cancelled", "handler cancelled")
+            except PermanentError as e:
+                error, retryable = (type(e).__name__, str(e)), False
+            except Exception as e:
+                error = (type(e).__name__, str(e) or repr(e))
+            backoff = 0.0
+            if error is not None:
+                backoff = min(
+                    self.config.retry_backoff_s * 2 ** (d.attempt - 1),
+                    self.config.retry_backoff_max_s,
+                ) * random.uniform(0.8, 1.2)
+            outcome, status = await self._report(
+                lambda: self.tasks.finish(
+                    d, self.id, result=result, error=error, retryable=retryable, backoff_s=backoff
+                )
+            )
+            if outcome == "stale":
+                log.info("%s: result for %s discarded: task is now %s", self.id, d.id, status)
+            self.completed += 1
+        finally:
             self.running.pop(d.id, None)
-            # cancelled through the API, lost, or a forced stop is handling it
-            if self._accepting.is_set():
-                await self.tasks.finish(d, self.id, error=("Cancelled", "handler cancelled"))
-                await self.publish("busy" if self.running else "idle")
-            return
-        except PermanentError as e:
-            error, retryable = (type(e).__name__, str(e)), False
-        except Exception as e:
-            error = (type(e).__name__, str(e) or repr(e))
-        self.running.pop(d.id, None)
-        backoff = 0.0
-        if error is not None:
-            backoff = min(
-                self.config.retry_backoff_s * 2 ** (d.attempt - 1), self.config.retry_backoff_max_s
-            ) * random.uniform(0.8, 1.2)
-        outcome, status = await self.tasks.finish(
-            d, self.id, result=result, error=error, retryable=retryable, backoff_s=backoff
-        )
-        if outcome == "stale":
-            log.info("%s: result for %s discarded: task is now %s", self.id, d.id, status)
-        self.completed += 1
-        if self._accepting.is_set():
-            await self.publish("busy" if self.running else "idle")
+        await self._publish_quiet()
+
+    async def _abandon(self, d: Delivery) -> tuple[str, str]:
+        return "ok", await self.tasks.abandon(d, self.id)
 
     # -- pulse ----------------------------------------------------------------------
     async def _pulse(self) -> None:
@@ -353,9 +404,19 @@ class Agent:
                 return
             else:
                 raise ValueError(f"unknown action {action!r}")
+        except (RedisError, OSError) as e:
+            reraise_if_cancelling(e)
+            log.warning("%s: command %s interrupted: %s", self.id, cid, e)
+            self._accepting.set()
+            return  # the command stays acknowledged; the sweep fails it if we die
         except Exception as e:
-            await self.commands.update(cid, "failed", agent_id=self.id, error=str(e))
-            await self.publish("error")
+            log.exception("%s: %s failed", self.id, action)
+            self._accepting.set()  # a failed re-initialisation must not park the agent
+            await self.commands.update(
+                cid, "failed", agent_id=self.id, error=f"{type(e).__name__}: {e}"
+            )
+            self.status = "error"
+            await self.publish()
             return
         await self.commands.update(cid, "completed", agent_id=self.id)
 
@@ -367,6 +428,6 @@ class Agent:
         if self.on_restart is not None:
             await self.on_restart(self)
         self.restarts += 1
-        self.started_at = now_ms()
+        self.started_at = await self._redis_now()
         self._accepting.set()
-        await self.publish("idle")
+        await self._publish_quiet()

@@ -25,7 +25,7 @@ log = logging.getLogger("ezdash.maintenance")
 
 async def sweep(svc: Services) -> dict[str, int]:
     s = svc.settings
-    done = {"promoted": 0, "expired": 0, "reclaimed": 0, "purged": 0}
+    done = {"promoted": 0, "expired": 0, "orphaned": 0, "reclaimed": 0, "purged": 0}
     done["promoted"] = await svc.tasks.promote_due()
     done["expired"] = await svc.commands.expire_due()
     for queue in await svc.tasks.queue_names():
@@ -33,7 +33,12 @@ async def sweep(svc: Services) -> dict[str, int]:
             queue, f"server:{svc.instance}", s.visibility_timeout
         )
     now = await svc.redis_now_ms()
+    done["orphaned"] = await svc.commands.fail_orphans(s.heartbeat_timeout, now)
     done["purged"] = await svc.tasks.purge_finished(now - int(s.task_retention * 1000))
+    done["purged"] += await svc.commands.purge_finished(now - int(s.task_retention * 1000))
+    done["purged"] += await svc.agents.purge_silent(
+        svc.scripts, now - int(s.agent_retention * 1000)
+    )
     return done
 
 

@@ -18,10 +18,12 @@ if to == 'acknowledged' or to == 'expired' then
       'error', 'the agent did not acknowledge before the deadline')
   else
     redis.call('HSET', ckey, 'status', 'acknowledged', 'acknowledged_at', now)
+    redis.call('ZADD', k('cmds', 'acked'), now, id)
   end
 elseif to == 'completed' or to == 'failed' then
   if from ~= 'acknowledged' then return {'refused', from} end
   redis.call('HSET', ckey, 'status', to, 'completed_at', now, 'error', err)
+  redis.call('ZREM', k('cmds', 'acked'), id)
 else
   return redis.error_reply('unknown command status ' .. to)
 end

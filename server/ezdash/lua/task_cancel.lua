@@ -1,6 +1,7 @@
 -- Cancel a queued or running task.  A running task's delivery stays with its agent,
 -- which notices at its next lease renewal (or when it reports) and lets it go.
--- KEYS[1] task hash.  ARGV: base, id, maxlen.  Returns {'ok'} or {'conflict', status}.
+-- KEYS[1] task hash.  ARGV: base, id, maxlen.
+-- Returns {'ok', 'cancelled'}, {'conflict', status} or {'gone'}.
 local tkey = KEYS[1]
 local id, maxlen = ARGV[2], ARGV[3]
 local f = redis.call('HMGET', tkey, 'status', 'queue')
@@ -12,6 +13,7 @@ redis.call('ZREM', k('q', queue, 'running'), id)
 redis.call('ZREM', k('tasks', 'delayed'), id)
 local err = {type = 'Cancelled', message = 'cancelled through the API'}
 if f[1] == 'running' then close_attempt(id, 'cancelled', err) end
+redis.call('HSET', tkey, 'error', cjson.encode(err))
 set_status(id, tkey, f[1], 'cancelled')
 task_event(maxlen, tkey)
 return {'ok', 'cancelled'}

@@ -1,6 +1,6 @@
 -- Renew the visibility lease of a running attempt (resets the delivery's idle
 -- time) if the caller still holds it.  KEYS[1] task hash.
--- ARGV: base, id, agent, attempt.  Returns {'ok'} or {'lost', status}.
+-- ARGV: base, id, agent, attempt.  Returns {'ok', 'running'} or {'lost', status|'gone'}.
 local tkey = KEYS[1]
 local id, agent, attempt = ARGV[2], ARGV[3], ARGV[4]
 local f = redis.call('HMGET', tkey, 'status', 'agent_id', 'attempts', 'entry')

@@ -1,5 +1,5 @@
 -- Move tasks whose retry back-off has elapsed from the delayed set to their queue.
--- KEYS[1] the delayed set.  ARGV: base, limit, maxlen.  Returns how many moved.
+-- KEYS[1] the delayed set.  ARGV: base, limit.  Returns how many moved.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local moved = 0
 for _, id in ipairs(due) do

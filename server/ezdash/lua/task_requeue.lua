@@ -20,7 +20,8 @@ if f[4] ~= entry then
   return {'stale', f[1]}
 end
 if f[1] == 'queued' then
-  -- delivered but never started (the taker died in between): deliver again
+  -- a delivery the task_take script skipped without acknowledging (it died
+  -- mid-script is impossible, but a client may XREADGROUP by hand): deliver again
   forget_entry(stream, entry)
   enqueue(id, tkey)
   return {'requeued', 'queued'}
@@ -54,6 +55,7 @@ else
   status = 'dead'
   redis.call('HSET', tkey, 'error', cjson.encode(err), 'entry', '')
   set_status(id, tkey, 'running', 'dead')
+  bump(k('q', queue, 'done', math.floor(now / 60000)), 900)
 end
 task_event(maxlen, tkey)
 return {'requeued', status}

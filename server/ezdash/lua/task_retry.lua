@@ -1,6 +1,7 @@
 -- Put a failed, dead or cancelled task back on its queue with a fresh budget of
 -- max_attempts further attempts (history and the attempt count are kept).
--- KEYS[1] task hash.  ARGV: base, id, maxlen.  Returns {'ok'} or {'conflict', status}.
+-- KEYS[1] task hash.  ARGV: base, id, maxlen.
+-- Returns {'ok', 'queued'}, {'conflict', status} or {'gone'}.
 local tkey = KEYS[1]
 local id, maxlen = ARGV[2], ARGV[3]
 local f = redis.call('HMGET', tkey, 'status', 'attempts', 'max_attempts', 'entry')

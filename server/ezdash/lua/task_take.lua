@@ -1,8 +1,9 @@
 -- An agent takes the next task from its queues and starts it, in one step, so
 -- no task is ever delivered without being marked running (or skipped as stale).
 -- KEYS[1] events stream.  ARGV: base, agent_id, maxlen, queue...
--- Returns {'task', id, type, queue, priority, payload, attempts, max_attempts, entry}
--- or {'empty', stream1, last_id1, stream2, last_id2, ...} for a blocking XREAD.
+-- Returns {'task', id, type, queue, priority, payload, attempts, max_attempts, entry},
+-- {'again'} when it skipped its budget of stale entries (call again at once), or
+-- {'empty', stream1, last_id1, stream2, last_id2, ...} for a blocking XREAD.
 local agent, maxlen = ARGV[2], ARGV[3]
 local candidates = {}
 for i = 4, #ARGV do
@@ -43,6 +44,7 @@ for _, c in ipairs(candidates) do
     forget_entry(stream, eid)
   end
 end
+if budget <= 0 then return {'again'} end
 local out = {'empty'}
 for i = 4, #ARGV do
   for lv = 0, 9 do

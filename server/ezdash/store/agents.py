@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from ..keys import Keys
 from ..timeutil import format_ms
 from .paging import decode_cursor, encode_cursor
+from .scripts import Scripts
 
 _PAGE = """
 local ids
@@ -144,6 +145,13 @@ class AgentStore:
             },
             "recent_errors": recent,
         }
+
+    async def purge_silent(self, scripts: Scripts, cutoff_ms: int, limit: int = 500) -> int:
+        """Forget agents not heard from since the cutoff."""
+        n: int = await scripts.run(
+            "agent_purge", [self.keys.heartbeats], [self.keys.base, cutoff_ms, limit]
+        )
+        return n
 
     async def count(self) -> int:
         n: int = await self.redis.zcard(self.keys.agent_ids)

@@ -115,6 +115,27 @@ class CommandStore:
         )
         return n
 
+    async def fail_orphans(self, heartbeat_timeout_s: float, now_ms: int) -> int:
+        """Acknowledged commands whose agent stopped heartbeating will never complete:
+        fail them so nobody waits on them forever."""
+        acked = cast(list[str], await self.redis.zrange(self.keys.commands_acked, 0, 499))
+        failed = 0
+        for cid in acked:
+            agent = cast(str | None, await self.redis.hget(self.keys.command(cid), "agent_id"))
+            hb = await self.redis.zscore(self.keys.heartbeats, agent) if agent else None
+            if hb is None or now_ms - hb > heartbeat_timeout_s * 1000:
+                status = await self.update(
+                    cid, "failed", error="the agent stopped responding before completing it"
+                )
+                failed += status == "failed"
+        return failed
+
+    async def purge_finished(self, cutoff_ms: int, limit: int = 500) -> int:
+        n: int = await self.scripts.run(
+            "command_purge", [self.keys.commands], [self.keys.base, cutoff_ms, limit]
+        )
+        return n
+
     async def pending_for(self, agent_id: str) -> list[dict[str, Any]]:
         ids = cast(
             list[str], await self.redis.zrevrange(self.keys.commands_by_agent(agent_id), 0, 49)

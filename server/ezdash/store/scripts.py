@@ -10,9 +10,12 @@ from redis.asyncio import Redis
 
 NAMES = (
     "agent_heartbeat",
+    "agent_purge",
+    "authorize",
     "agent_put",
     "command_create",
     "command_expire",
+    "command_purge",
     "command_update",
     "task_cancel",
     "task_create",

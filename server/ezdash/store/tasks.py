@@ -342,10 +342,13 @@ class TaskStore:
     # -- the agent side ---------------------------------------------------------
     async def take(self, agent_id: str, queues: list[str]) -> Delivery | list[tuple[str, str]]:
         """Take and start the next task; or, when there is none, the (stream, last id)
-        pairs to block on with XREAD until something new arrives."""
+        pairs to block on with XREAD until something new arrives (an empty list:
+        call again at once)."""
         res = await self.scripts.run(
             "task_take", [self.keys.events], [self.keys.base, agent_id, self.maxlen, *queues]
         )
+        if res[0] == "again":
+            return []
         if res[0] == "task":
             _, tid, ttype, queue, prio, payload, attempt, maxatt, entry = res
             return Delivery(
@@ -430,6 +433,9 @@ class TaskStore:
                         [self.keys.task(tid)],
                         [self.keys.base, tid, "lost", "", "", entry, claimer, self.maxlen],
                     )
+                    if out[0] == "gone":  # the task was deleted: drop the delivery
+                        await self.redis.xack(stream, GROUP, entry)
+                        await self.redis.xdel(stream, entry)
                     moved += out[0] == "requeued"
                 if start == "0-0":
                     break
@@ -437,7 +443,7 @@ class TaskStore:
 
     async def promote_due(self, limit: int = 500) -> int:
         moved: int = await self.scripts.run(
-            "task_promote", [self.keys.delayed], [self.keys.base, limit, self.maxlen]
+            "task_promote", [self.keys.delayed], [self.keys.base, limit]
         )
         return moved
 

@@ -1,0 +1,1 @@
+"""Who may call the API and how often: API keys, JWT, rate limits and the audit log."""

@@ -1,0 +1,117 @@
+"""API keys: ``ezk_`` + 43 random URL-safe characters (256 bits).
+
+Only an HMAC-SHA256 of the key (keyed with the server's key secret) is stored;
+the key is found by that digest and the stored digest is compared again in
+constant time.  Revocation deletes the digest's lookup entry in Redis, which
+every instance reads on every request, so it takes effect at once everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from ..ids import new_id
+from ..keys import Keys
+from ..timeutil import format_ms, now_ms
+
+PREFIX = "ezk_"
+SCOPES = ("read", "write", "control", "admin")
+
+
+def digest(secret: bytes, key: str) -> str:
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+def looks_like_key(token: str) -> bool:
+    return token.startswith(PREFIX) and 20 <= len(token) <= 128
+
+
+def key_doc(h: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": h["id"],
+        "name": h["name"],
+        "scopes": h["scopes"].split(",") if h.get("scopes") else [],
+        "created_at": format_ms(int(h["created_at"])),
+        "last_used_at": format_ms(int(h["last_used_at"])) if h.get("last_used_at") else None,
+        "revoked_at": format_ms(int(h["revoked_at"])) if h.get("revoked_at") else None,
+        "created_by": h.get("created_by") or None,
+    }
+
+
+class KeyStore:
+    def __init__(self, redis: Redis, keys: Keys, secret: bytes) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.secret = secret
+
+    async def create(
+        self,
+        name: str,
+        scopes: list[str],
+        *,
+        created_by: str = "",
+        key: str | None = None,
+        key_id: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Returns (the key, its record).  ``key`` is given only for EZ_ADMIN_KEY."""
+        key = key or PREFIX + secrets.token_urlsafe(32)
+        kid = key_id or new_id("key")
+        d = digest(self.secret, key)
+        record: dict[Any, Any] = {
+            "id": kid,
+            "name": name,
+            "scopes": ",".join(sorted(set(scopes))),
+            "created_at": str(now_ms()),
+            "digest": d,
+            "created_by": created_by,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.api_key(kid), mapping=record)
+            pipe.hset(self.keys.api_key_digests, d, kid)
+            pipe.zadd(self.keys.api_key_ids, {kid: int(record["created_at"])})
+            await pipe.execute()
+        return key, key_doc(record)
+
+    async def get(self, kid: str) -> dict[str, Any] | None:
+        h = cast(dict[str, str], await self.redis.hgetall(self.keys.api_key(kid)))
+        return key_doc(h) if h else None
+
+    async def all(self) -> list[dict[str, Any]]:
+        ids = cast(list[str], await self.redis.zrevrange(self.keys.api_key_ids, 0, -1))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kid in ids:
+                pipe.hgetall(self.keys.api_key(kid))
+            rows = await pipe.execute()
+        return [key_doc(r) for r in rows if r]
+
+    async def revoke(self, kid: str) -> dict[str, Any] | None:
+        h = cast(dict[str, str], await self.redis.hgetall(self.keys.api_key(kid)))
+        if not h:
+            return None
+        if not h.get("revoked_at"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.api_key(kid), "revoked_at", str(now_ms()))
+                pipe.hdel(self.keys.api_key_digests, h["digest"])
+                pipe.sadd(self.keys.api_keys_revoked, kid)
+                await pipe.execute()
+        return await self.get(kid)
+
+    async def count(self) -> int:
+        return await self.redis.zcard(self.keys.api_key_ids)
+
+    async def ensure(self, key: str, name: str, scopes: list[str], key_id: str) -> bool:
+        """Make sure a configured key exists (EZ_ADMIN_KEY); True when it was created."""
+        d = digest(self.secret, key)
+        if await self.redis.hexists(self.keys.api_key_digests, d):
+            return False
+        old = cast(str | None, await self.redis.hget(self.keys.api_key(key_id), "digest"))
+        if old:  # EZ_ADMIN_KEY changed: the previous value stops working
+            await self.redis.hdel(self.keys.api_key_digests, old)
+        await self.create(name, scopes, key=key, key_id=key_id, created_by="EZ_ADMIN_KEY")
+        await self.redis.srem(self.keys.api_keys_revoked, key_id)
+        return True
