@@ -28,12 +28,17 @@ from ezdash.api.services import Services
 from ezdash.redis_server import RedisServer
 from ezdash.settings import Settings
 
+ADMIN_KEY = "test-admin-key-0123456789abcdefghijklmnop"
 FAST: dict[str, Any] = {
     "heartbeat_interval": 0.2,
     "heartbeat_timeout": 1.0,
     "visibility_timeout": 1.5,
     "command_ttl": 3.0,
     "maintenance_interval": 0.2,
+    "rate_read": "100000/1m",
+    "rate_write": "100000/1m",
+    "rate_control": "100000/1m",
+    "rate_public": "100000/1m",
 }
 
 
@@ -86,8 +91,15 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(redis_url: str, settings_overrides: dict[str, Any]) -> Settings:
-    return Settings(redis_url=redis_url, port=0, demo_agents=0, **{**FAST, **settings_overrides})
+def settings(redis_url: str, settings_overrides: dict[str, Any], tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        port=0,
+        demo_agents=0,
+        data_dir=tmp_path / "data",
+        admin_key=ADMIN_KEY,
+        **{**FAST, **settings_overrides},
+    )
 
 
 @dataclass
@@ -109,7 +121,7 @@ class Api:
         self.base = base
         self.server = server
         self.client = AsyncHTTPClient(force_instance=True)
-        self.default_headers: dict[str, str] = {}
+        self.default_headers: dict[str, str] = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     async def fetch(
         self,
@@ -152,6 +164,8 @@ async def start_api(settings: Settings) -> Api:
     server = HTTPServer(make_app(services), max_body_size=settings.max_body_bytes + (64 << 10))
     sockets = bind_sockets(0, "127.0.0.1")
     server.add_sockets(sockets)
+    await services.check_secrets()
+    await services.bootstrap_admin_key()
     services.start_background()
     return Api(services, f"http://127.0.0.1:{sockets[0].getsockname()[1]}", server)
 

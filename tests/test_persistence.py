@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from ezdash.serve import DataDirBusy, serve
 from ezdash.settings import Settings
 
-from .conftest import FAST, Fleet
+from .conftest import ADMIN_KEY, FAST, Fleet
 
 
 async def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -24,7 +24,7 @@ async def call(base: str, method: str, path: str, body: Any = None) -> tuple[int
             base + path,
             method=method,
             body=orjson.dumps(body) if body is not None else (b"" if method == "POST" else None),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_KEY}"},
         )
         resp = await client.fetch(req, raise_error=False)
         return resp.code, orjson.loads(resp.body) if resp.body else None
@@ -41,7 +41,9 @@ async def run_server(settings: Settings) -> tuple[str, asyncio.Event, asyncio.Ta
 
 
 async def test_data_survives_restart_of_server_and_embedded_redis(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=0, demo_agents=0, **FAST)
+    settings = Settings(
+        data_dir=tmp_path / "data", port=0, demo_agents=0, admin_key=ADMIN_KEY, **FAST
+    )
     base, stop, server = await run_server(settings)
     url = (tmp_path / "data" / "redis.url").read_text().strip()
     fleet = Fleet(url)
@@ -105,7 +107,9 @@ async def test_data_survives_restart_of_server_and_embedded_redis(tmp_path: Path
 
 
 async def test_second_instance_on_same_data_dir_is_told_to_share(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=0, demo_agents=0, **FAST)
+    settings = Settings(
+        data_dir=tmp_path / "data", port=0, demo_agents=0, admin_key=ADMIN_KEY, **FAST
+    )
     _, stop, server = await run_server(settings)
     try:
         with pytest.raises(DataDirBusy, match=r"REDIS_URL=redis://127\.0\.0\.1:\d+"):

@@ -78,6 +78,8 @@ async def serve(
     server: HTTPServer | None = None
     try:
         await services.redis.ping()
+        await services.check_secrets()
+        new_key = await services.bootstrap_admin_key()
         app = make_app(services)
         server = HTTPServer(app, max_body_size=settings.max_body_bytes + (64 << 10), xheaders=True)
         sockets = bind_sockets(settings.port, settings.host)
@@ -100,6 +102,16 @@ async def serve(
             )
         base = f"http://{settings.host}:{port}"
         print(f"EzAugent Dashboard API on {base}/api  (health: {base}/api/health)", flush=True)
+        if new_key:
+            print(
+                "\nNo API key existed, so an admin key was created. It is shown this once:\n"
+                f"\n    {new_key}\n\n"
+                f"Use it as 'Authorization: Bearer <key>', e.g.\n"
+                f"    curl -H 'Authorization: Bearer {new_key}' {base}/api/agents\n"
+                "Make more with 'ezdash keys create --name NAME --scopes read', or set "
+                "EZ_ADMIN_KEY.\n",
+                flush=True,
+            )
         if ready is not None and not ready.done():
             ready.set_result(base)
         await stop.wait()

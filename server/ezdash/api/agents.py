@@ -36,6 +36,7 @@ class AgentsHandler(APIHandler):
 
 class AgentHandler(APIHandler):
     scopes = {"GET": "read", "DELETE": "control"}
+    actions = {"DELETE": "agents.stop"}
 
     async def get(self, agent_id: str) -> None:
         self.check_query(())
@@ -56,6 +57,7 @@ class AgentHandler(APIHandler):
 
 class AgentRestartHandler(APIHandler):
     scopes = {"POST": "control"}
+    actions = {"POST": "agents.restart"}
 
     async def post(self, agent_id: str) -> None:
         self.check_query({"dry_run"})
@@ -73,6 +75,7 @@ async def command(h: APIHandler, agent_id: str, action: str, *, force: bool) -> 
         raise not_found("agent", agent_id)
     if agent["status"] == "stopped":
         raise conflict(f"agent {agent_id!r} is stopped; it cannot {action}")
+    h.audit_detail = "dry_run" if dry else ("force" if force else "")
     if dry:
         task = agent.get("current_task")
         if action == "restart":
@@ -109,6 +112,7 @@ async def command(h: APIHandler, agent_id: str, action: str, *, force: bool) -> 
         ) from None
     if not created:
         h.set_header("Idempotent-Replayed", "true")
+    h.audit_detail = f"command={doc['id']}" + (" force" if force else "")
     h.set_header("Location", f"/api/control/commands/{doc['id']}")
     h.write_json({"command": doc}, 202)
 

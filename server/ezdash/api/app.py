@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import re
 from typing import Any
 
 import tornado.web
+from tornado.log import access_log
 
-from . import agents, control, health, tasks
+from . import agents, auth, control, health, tasks
 from .base import APIHandler, NotFoundHandler
 from .services import Services
 
-HANDLER_MODULES = (health, agents, control, tasks)
+HANDLER_MODULES = (health, auth, agents, control, tasks)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
 
@@ -36,6 +39,27 @@ def check_handler_auth(table: list[tuple[str, type[APIHandler]]]) -> None:
                 raise RuntimeError(f"{cls.__name__}.{method.lower()} is not callable")
 
 
+SECRET_QUERY = re.compile(r"(access_token=)[^&]*")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, with any query-string token redacted."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        req = handler.request
+        uri = SECRET_QUERY.sub(r"\1[redacted]", req.uri or "")
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.2fms",
+            status,
+            req.method,
+            uri,
+            req.remote_ip,
+            1000.0 * req.request_time(),
+        )
+
+
 def make_app(services: Services, **extra: Any) -> tornado.web.Application:
     table = routes()
     check_handler_auth(table)
@@ -44,5 +68,6 @@ def make_app(services: Services, **extra: Any) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         services=services,
         compress_response=True,
+        log_function=log_request,
         **extra,
     )

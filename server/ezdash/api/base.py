@@ -8,7 +8,9 @@ method that made no decision, so no endpoint is left open by accident.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,6 +19,9 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from tornado.web import HTTPError, RequestHandler
 
+from ..security.apikeys import digest, looks_like_jwt
+from ..security.ratelimit import SCOPE_BUDGET
+from ..security.tokens import TokenError
 from ..store.paging import CursorError
 from ..timeutil import parse_duration, parse_time
 from .errors import Problem, invalid
@@ -25,6 +30,8 @@ from .services import Services
 log = logging.getLogger("ezdash.api")
 M = TypeVar("M", bound=BaseModel)
 ALL_SCOPES = frozenset({"read", "write", "control", "admin"})
+EXPOSED_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, Location, Idempotent-Replayed"
+ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key, Last-Event-ID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +47,20 @@ class Principal:
 
 
 class APIHandler(RequestHandler):
-    """JSON API handler.  Errors are problem JSON, never HTML or a traceback."""
+    """JSON API handler.  Errors are problem JSON, never HTML or a traceback.
+
+    ``scopes`` maps each method to the scope it needs: ``None`` for open endpoints,
+    ``"any"`` for any valid credential.  ``query_token`` lets SSE and WebSocket
+    handlers take ``?access_token=`` (browsers cannot set headers there); every other
+    handler refuses a token in the query string, which would end up in logs.
+    """
 
     scopes: dict[str, str | None] = {}
+    actions: dict[str, str] = {}
+    query_token = False
     principal: Principal
+    audit_target = ""
+    audit_detail = ""
 
     @property
     def services(self) -> Services:
@@ -54,9 +71,24 @@ class APIHandler(RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        for name, value in getattr(self, "_sticky", {}).items():
+            self.set_header(name, value)  # rate-limit and CORS fields survive an error
+
+    def initialize(self) -> None:
+        self.principal = ANONYMOUS
+        self._sticky: dict[str, str] = {}
+
+    def keep_header(self, name: str, value: str) -> None:
+        """A header every answer carries, including problem answers."""
+        self._sticky[name] = value
+        self.set_header(name, value)
 
     async def prepare(self) -> None:
         method = self.request.method or "GET"
+        self._cors()
         if method == "OPTIONS":
             return
         if method not in self.scopes:
@@ -68,18 +100,197 @@ class APIHandler(RequestHandler):
                 headers={"Allow": allowed},
             )
         required = self.scopes[method]
-        self.principal = await self.authenticate()
-        if required is not None and not self.principal.allows(required):
-            raise Problem(403, f"this needs the {required!r} scope", type="forbidden")
         limit = self.services.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if (length and length.isdigit() and int(length) > limit) or len(self.request.body) > limit:
             raise Problem(413, f"request body is larger than {limit} bytes", type="too-large")
+        self.principal = await self.authenticate(required)
+        if required not in (None, "any") and not self.principal.allows(required):
+            raise Problem(
+                403,
+                f"this needs the {required!r} scope; the credentials have "
+                f"{', '.join(sorted(self.principal.scopes)) or 'none'}",
+                type="forbidden",
+            )
 
-    async def authenticate(self) -> Principal:
-        """The place authentication plugs in (API keys and JWT come with the security
-        work); until then every caller is a local operator with every scope."""
-        return Principal("local", ALL_SCOPES, "local")
+    @property
+    def client_ip(self) -> str:
+        return self.request.remote_ip or "unknown"
+
+    def _credential(self) -> tuple[str, str] | None:
+        """(kind, secret) from the request: Bearer, X-API-Key, or ?access_token=."""
+        auth = self.request.headers.get("Authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Problem(
+                    401,
+                    "use 'Authorization: Bearer <API key or JWT>'",
+                    type="unauthorized",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            value = value.strip()
+            return ("jwt" if looks_like_jwt(value) else "key"), value
+        api_key = self.request.headers.get("X-API-Key")
+        if api_key is not None:
+            return "key", api_key.strip()
+        token = self.get_query_argument("access_token", None)
+        if token is not None:
+            if not self.query_token:
+                raise Problem(
+                    401,
+                    "access_token in the query string is accepted only by the "
+                    "SSE and WebSocket endpoints; send an Authorization header",
+                    type="unauthorized",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return "jwt", token
+        return None
+
+    async def authenticate(self, required: str | None) -> Principal:
+        """Who is calling, and charge their rate-limit budget, in one Redis call."""
+        svc = self.services
+        s = svc.settings
+        if required is None:  # open endpoint: credentials, if any, are not looked at
+            await self._rate("anon", "", f"ip:{self.client_ip}", "public")
+            return ANONYMOUS
+        if not s.auth:
+            await self._rate("anon", "", f"ip:{self.client_ip}", SCOPE_BUDGET[required])
+            return Principal("local", ALL_SCOPES, "local")
+        credential = self._credential()
+        if credential is None:
+            await self._rate("anon", "", f"ip:{self.client_ip}", "public")
+            raise Problem(
+                401,
+                "this needs credentials: an API key or a JWT as a Bearer token",
+                type="unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        kind, secret = credential
+        budget = SCOPE_BUDGET[required]
+        if kind == "key":
+            status, kid, scopes, stored = await self._rate(
+                "key", digest(svc.secrets.key_secret, secret), "", budget
+            )
+            if status != "ok" or not hmac.compare_digest(
+                stored, digest(svc.secrets.key_secret, secret)
+            ):
+                raise Problem(
+                    401,
+                    "unknown or revoked API key",
+                    type="unauthorized",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return Principal(f"key:{kid}", frozenset(scopes.split(",")), "key")
+        try:
+            claims = svc.tokens.verify(secret)
+        except TokenError as e:
+            await self._rate("anon", "", f"ip:{self.client_ip}", "public")
+            raise Problem(
+                401,
+                f"token refused: {e}",
+                type="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from None
+        principal = f"ext:{claims.subject}" if claims.external else claims.subject
+        status, *_ = await self._rate("jwt", claims.key_id or "", principal, budget)
+        if status != "ok":
+            raise Problem(
+                401,
+                "token refused: its API key was revoked",
+                type="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return Principal(principal, claims.scopes & ALL_SCOPES, "jwt")
+
+    async def _rate(
+        self, mode: str, ident: str, principal: str, budget_name: str
+    ) -> tuple[str, str, str, str]:
+        """Run the authorize script; set the RateLimit fields; 429 when over budget."""
+        svc = self.services
+        budget = svc.budgets[budget_name]
+        enforce = svc.settings.rate_limit
+        if not enforce and mode == "anon":
+            return "ok", "", "", ""
+        res = await svc.scripts.run(
+            "authorize",
+            [svc.keys.api_key_digests],
+            [
+                svc.keys.base,
+                mode,
+                ident,
+                principal,
+                budget.name,
+                budget.limit,
+                int(budget.period_s * 1000),
+                1 if enforce else 0,
+                f"ip:{self.client_ip}",
+            ],
+        )
+        status, kid, scopes, stored, allowed, remaining, reset_ms, retry_ms = res
+        if enforce:
+            self.keep_header("RateLimit-Policy", budget.policy_header)
+            self.keep_header("RateLimit", budget.state_header(int(remaining), int(reset_ms)))
+            if not int(allowed):
+                retry = max(1, math.ceil(int(retry_ms) / 1000))
+                raise Problem(
+                    429,
+                    f"rate limit of the {budget.name!r} budget reached "
+                    f"({budget.limit} per {budget.period_s:g}s); retry in {retry}s",
+                    type="rate-limited",
+                    headers={"Retry-After": str(retry)},
+                )
+        return str(status), str(kid), str(scopes), str(stored)
+
+    # -- CORS -------------------------------------------------------------------
+    def _cors(self) -> None:
+        origin = self.request.headers.get("Origin")
+        self.keep_header("Vary", "Origin")
+        if not origin:
+            return
+        allowed = self.services.settings.cors_origins
+        if "*" in allowed:
+            self.keep_header("Access-Control-Allow-Origin", "*")
+        elif origin in allowed:
+            self.keep_header("Access-Control-Allow-Origin", origin)
+            self.keep_header("Access-Control-Allow-Credentials", "true")
+        else:
+            if self.request.method == "OPTIONS":
+                raise Problem(403, f"origin {origin!r} is not allowed", type="cors-forbidden")
+            return
+        self.keep_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+
+    def options(self, *args: str) -> None:
+        """CORS preflight: answered without credentials."""
+        if not self.request.headers.get("Origin"):
+            raise Problem(400, "a preflight needs an Origin header", type="bad-preflight")
+        wanted = self.request.headers.get("Access-Control-Request-Method", "")
+        if wanted and wanted not in self.scopes:
+            raise Problem(405, f"{wanted} is not allowed here", type="method-not-allowed")
+        self.set_header("Access-Control-Allow-Methods", ", ".join(sorted(self.scopes)))
+        self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    # -- audit ------------------------------------------------------------------
+    def on_finish(self) -> None:
+        method = self.request.method or "GET"
+        status = self.get_status()
+        if method == "OPTIONS" or (method in ("GET", "HEAD") and status not in (401, 403, 429)):
+            return
+        action = self.actions.get(method) or f"{method} {self.request.path}"
+        target = self.audit_target or (self.path_args[0] if self.path_args else "")
+        self.services.spawn(
+            self.services.audit.write(
+                principal=self.principal.id,
+                action=action,
+                target=str(target),
+                client=self.client_ip,
+                status=status,
+                detail=self.audit_detail,
+            )
+        )
 
     # -- output -----------------------------------------------------------------
     def write_json(self, obj: Any, status: int = 200) -> None:
@@ -219,6 +430,9 @@ class APIHandler(RequestHandler):
 
 def cursor_problem(e: CursorError) -> Problem:
     return invalid("cursor", str(e), 400)
+
+
+ANONYMOUS = Principal("anonymous")
 
 
 class NotFoundHandler(APIHandler):

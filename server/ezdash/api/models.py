@@ -173,6 +173,55 @@ class Ready(BaseModel):
     status: Literal["ready", "draining"]
 
 
+class KeyCreate(Strict):
+    """Body of POST /api/auth/keys."""
+
+    name: str = Field(min_length=1, max_length=128)
+    scopes: list[Literal["read", "write", "control", "admin"]] = Field(min_length=1, max_length=4)
+
+
+class ApiKey(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: Time
+    last_used_at: Time | None
+    revoked_at: Time | None
+    created_by: str | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The key itself; shown this once, stored only as a hash.")
+
+
+class KeyPage(BaseModel):
+    items: list[ApiKey]
+    next_cursor: str | None
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+
+
+class AuditEntry(BaseModel):
+    id: str
+    ts: Time
+    principal: str | None
+    action: str | None
+    target: str | None
+    client: str | None
+    status: int
+    result: Literal["ok", "denied", "failed"] | None
+    detail: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None
+
+
 class FieldError(BaseModel):
     field: str
     message: str
@@ -203,4 +252,11 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     Health,
     Ready,
     Problem,
+    KeyCreate,
+    ApiKey,
+    ApiKeyCreated,
+    KeyPage,
+    Token,
+    AuditEntry,
+    AuditPage,
 )

@@ -83,7 +83,7 @@ def _op(
     op: dict[str, Any] = {
         "summary": summary,
         "parameters": params or [],
-        "responses": {**responses, **(ERR if scope else {})},
+        "responses": {**responses, **(ERR if scope else {"429": ERR["429"]})},
     }
     op["security"] = [{"bearer": []}, {"apiKey": []}] if scope else []
     if scope:
@@ -258,6 +258,45 @@ def openapi_document() -> dict[str, Any]:
                 "Queues with depth, age and throughput",
                 "read",
                 {"200": _ok({"type": "array", "items": _ref("Queue")})},
+            )
+        },
+        "/api/auth/token": {
+            "post": _op(
+                "Exchange the API key you authenticate with for a short-lived JWT",
+                "any",
+                {"200": _ok(_ref("Token"))},
+            )
+        },
+        "/api/auth/keys": {
+            "get": _op("List API keys (never the keys)", "admin", {"200": _ok(_ref("KeyPage"))}),
+            "post": _op(
+                "Create an API key; the key is in this answer only",
+                "admin",
+                {"201": _ok(_ref("ApiKeyCreated"), "Created")},
+                body="KeyCreate",
+            ),
+        },
+        "/api/auth/keys/{key_id}": {
+            "delete": _op(
+                "Revoke an API key (at once, on every instance)",
+                "admin",
+                {"200": _ok(_ref("ApiKey")), "404": _problem("Unknown key")},
+                [_path("key_id", "A key id (key_...)")],
+            )
+        },
+        "/api/audit": {
+            "get": _op(
+                "Audit log, newest first",
+                "admin",
+                {"200": _ok(_ref("AuditPage"))},
+                [
+                    _q("principal", "Who (key:<id>, ext:<sub>, anonymous)"),
+                    _q("action", "e.g. agents.restart, tasks.create"),
+                    _q("result", "ok, denied or failed", {"enum": ["ok", "denied", "failed"]}),
+                    _q("from", "At or after"),
+                    _q("to", "At or before"),
+                    *PAGE,
+                ],
             )
         },
     }

@@ -8,11 +8,18 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from ..keys import Keys
+from ..security.apikeys import KeyStore
+from ..security.audit import AuditLog
+from ..security.ratelimit import Budget, budgets
+from ..security.secrets import ServerSecrets, load_secrets
+from ..security.tokens import TokenService
 from ..settings import Settings
 from ..store.agents import AgentStore
 from ..store.commands import CommandStore
@@ -45,17 +52,24 @@ class Services:
     agents: AgentStore
     tasks: TaskStore
     commands: CommandStore
+    secrets: ServerSecrets
+    api_keys: KeyStore
+    tokens: TokenService
+    audit: AuditLog
+    budgets: dict[str, Budget]
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     started: float = field(default_factory=time.time)
     draining: bool = False
     background: list[asyncio.Task[None]] = field(default_factory=list)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:
         redis = make_redis(redis_url, settings.redis_max_connections)
         keys = Keys(settings.redis_prefix)
         scripts = Scripts(redis)
+        secrets = load_secrets(settings)
         return cls(
             settings=settings,
             redis=redis,
@@ -70,18 +84,64 @@ class Services:
                 events_maxlen=settings.events_maxlen,
                 ttl_s=settings.command_ttl,
             ),
+            secrets=secrets,
+            api_keys=KeyStore(redis, keys, secrets.key_secret),
+            tokens=TokenService(settings, secrets.jwt_secret),
+            audit=AuditLog(redis, keys, settings.audit_maxlen),
+            budgets=budgets(settings),
         )
 
     async def redis_now_ms(self) -> int:
         sec, usec = await self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
 
+    async def check_secrets(self) -> None:
+        """Refuse to serve with a key-hash secret other instances do not share: every
+        key would be rejected here.  The first instance records the fingerprint."""
+        mine = self.secrets.fingerprint()
+        await self.redis.set(self.keys.secret_fingerprint, mine, nx=True)
+        theirs = await self.redis.get(self.keys.secret_fingerprint)
+        if theirs != mine:
+            raise RuntimeError(
+                "this instance's EZ_KEY_SECRET differs from the one other instances on this "
+                "Redis use; set the same EZ_KEY_SECRET (and EZ_JWT_SECRET) everywhere"
+            )
+
+    async def bootstrap_admin_key(self) -> str | None:
+        """EZ_ADMIN_KEY becomes an admin key; with none configured and no key at all,
+        create one and return it so it can be printed once."""
+        s = self.settings
+        if s.admin_key is not None:
+            await self.api_keys.ensure(
+                s.admin_key.get_secret_value(), "EZ_ADMIN_KEY", ["admin"], "key_admin_env"
+            )
+            return None
+        if await self.api_keys.count() == 0:
+            key, _ = await self.api_keys.create(
+                "bootstrap admin", ["admin"], created_by="first start"
+            )
+            return key
+        return None
+
     def start_background(self) -> None:
         from .maintenance import maintenance_loop
 
         self.background.append(asyncio.create_task(maintenance_loop(self), name="maintenance"))
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a write the response need not wait for (audit entries); close() waits."""
+        task = asyncio.create_task(work)
+        self.pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background write failed: %r", task.exception())
+
     async def close(self) -> None:
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
         self.closing.set()
         for task in self.background:
             task.cancel()

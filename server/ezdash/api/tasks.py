@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from ..ids import SERVER_ID
@@ -24,6 +26,7 @@ def check_task_id(task_id: str) -> str:
 
 class TasksHandler(APIHandler):
     scopes = {"GET": "read", "POST": "write"}
+    actions = {"POST": "tasks.create"}
 
     async def get(self) -> None:
         self.check_query({"status", "queue", "agent", "type", "from", "to", "limit", "cursor"})
@@ -93,6 +96,7 @@ class TasksHandler(APIHandler):
             ) from None
         if not created:
             self.set_header("Idempotent-Replayed", "true")
+        self.audit_target = task["id"]
         self.set_header("Location", f"/api/tasks/{task['id']}")
         self.write_json({"task": task}, 201)
 
@@ -110,6 +114,7 @@ class TaskHandler(APIHandler):
 
 class TaskRetryHandler(APIHandler):
     scopes = {"PUT": "write"}
+    actions = {"PUT": "tasks.retry"}
 
     async def put(self, task_id: str) -> None:
         self.check_query({"dry_run"})
@@ -118,6 +123,7 @@ class TaskRetryHandler(APIHandler):
 
 class TaskCancelHandler(APIHandler):
     scopes = {"POST": "write"}
+    actions = {"POST": "tasks.cancel"}
 
     async def post(self, task_id: str) -> None:
         self.check_query({"dry_run"})
@@ -127,6 +133,7 @@ class TaskCancelHandler(APIHandler):
 async def transition(h: APIHandler, task_id: str, action: str, allowed: tuple[str, ...]) -> None:
     store = h.services.tasks
     if h.q_bool("dry_run"):
+        h.audit_detail = "dry_run"
         task = await store.get(task_id)
         if task is None:
             raise not_found("task", task_id)
@@ -165,8 +172,6 @@ class QueuesHandler(APIHandler):
 
 
 def _match(pattern: str, value: str) -> bool:
-    import re
-
     return re.match(pattern, value) is not None
 
 

@@ -1,0 +1,52 @@
+"""Rate-limit budgets: which budget a request spends, and the IETF RateLimit fields.
+
+One Redis script (``lua/authorize.lua``, GCRA) both authenticates and charges the
+budget, so every server instance shares the same count and a request costs one
+round trip.  Budgets: ``read`` for GETs, ``write`` for task and ingest writes,
+``control`` for restarts, stops and admin actions, and ``public`` per client IP
+for unauthenticated calls (open endpoints and failed authentications).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..settings import Settings, parse_rate
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    limit: int
+    period_s: float
+
+    @property
+    def policy_header(self) -> str:
+        return f'"{self.name}";q={self.limit};w={math.ceil(self.period_s)}'
+
+    def state_header(self, remaining: int, reset_ms: int) -> str:
+        return f'"{self.name}";r={max(0, remaining)};t={math.ceil(reset_ms / 1000)}'
+
+
+SCOPE_BUDGET = {
+    "read": "read",
+    "write": "write",
+    "control": "control",
+    "admin": "control",
+    "any": "read",
+    None: "public",
+}
+
+
+def budgets(settings: Settings) -> dict[str, Budget]:
+    out = {}
+    for name, spec in (
+        ("read", settings.rate_read),
+        ("write", settings.rate_write),
+        ("control", settings.rate_control),
+        ("public", settings.rate_public),
+    ):
+        limit, period = parse_rate(spec)
+        out[name] = Budget(name, limit, period)
+    return out

@@ -1,0 +1,160 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from analytics import AnalyticsInputError, Forecaster, ForecastResult
+
+
+@pytest.fixture(scope="module")
+def fitted(make_hourly) -> tuple[pd.Series, ForecastResult]:
+    s = make_hourly(seed=1, n=720, slope_per_hour=0.05)
+    return s, Forecaster(s, horizon=168).fit()
+
+
+def test_result_shape(fitted):
+    s, res = fitted
+    assert res.model.startswith("stl_ets")
+    assert len(res.mean) == 168
+    assert res.mean.index[0] == s.index[-1] + pd.Timedelta("1h")
+    assert str(res.mean.index.tz) == "UTC"
+    assert list(res.intervals.columns) == ["lower_80", "upper_80", "lower_95", "upper_95"]
+    iv = res.intervals
+    assert (iv["lower_95"] <= iv["lower_80"]).all() and (iv["lower_80"] <= res.mean).all()
+    assert (res.mean <= iv["upper_80"]).all() and (iv["upper_80"] <= iv["upper_95"]).all()
+    longer = res.forecast(500)
+    assert len(longer) == 500 and longer["mean"].iloc[:168].equals(res.mean.rename("mean"))
+
+
+def test_backtest_report(fitted):
+    _, res = fitted
+    bt = res.backtest
+    assert bt.origins == 3 and bt.horizon == 168
+    assert {"naive", "drift", "seasonal_naive(24)", "seasonal_naive(168)"} <= set(bt.scores)
+    chosen = min(bt.scores.values(), key=lambda c: c.mase)
+    assert bt.mase == chosen.mase and chosen.model == res.model
+    assert bt.mase < bt.scores["seasonal_naive(168)"].mase
+    assert 0 < bt.smape < 10
+    text = res.summary()
+    assert res.model in text and "MASE" in text and "seasonal_naive(24)" in text
+
+
+def test_cycles_are_forecast(fitted):
+    s, res = fitted
+    t = np.arange(720, 720 + 168)
+    truth = 200 + 0.05 * t + 30 * np.sin(2 * np.pi * t / 24) + 15 * np.sin(2 * np.pi * t / 168 + 1)
+    ours = np.mean(np.abs(res.mean.to_numpy() - truth))
+    last_week = np.mean(np.abs(s.to_numpy()[-168:] - truth))
+    assert ours < 0.8 * last_week
+
+
+def test_interval_coverage_is_near_nominal(make_hourly):
+    hits: dict[int, list[float]] = {80: [], 95: []}
+    for seed in range(12):
+        s = make_hourly(seed=100 + seed, n=720 + 168, slope_per_hour=0.03)
+        train, test = s.iloc[:720], s.iloc[720:].to_numpy()
+        frame = Forecaster(train, horizon=168).fit().forecast(168)
+        for level in hits:
+            lo, hi = frame[f"lower_{level}"].to_numpy(), frame[f"upper_{level}"].to_numpy()
+            hits[level].append(np.mean((test >= lo) & (test <= hi)))
+    assert np.mean(hits[80]) == pytest.approx(0.80, abs=0.05)
+    assert np.mean(hits[95]) == pytest.approx(0.95, abs=0.03)
+
+
+def test_nonnegative_by_default():
+    idx = pd.date_range("2024-01-01", periods=300, freq="h", tz="UTC")
+    rng = np.random.default_rng(3)
+    y = np.clip(np.linspace(20, 0.5, 300) + rng.normal(0, 2, 300), 0, None)
+    s = pd.Series(y, idx)
+    frame = Forecaster(s, horizon=48).fit().forecast(200)
+    assert (frame.to_numpy() >= 0).all()
+    raw = Forecaster(s, horizon=48, nonnegative=False).fit().forecast(200)
+    assert (raw["lower_95"] < 0).any()
+
+
+@pytest.mark.parametrize("kind", ["series", "frame_column"])
+def test_short_series_falls_back_to_a_baseline(kind):
+    idx = pd.date_range("2024-01-01", periods=5, freq="h", tz="UTC")
+    s = pd.Series([1.0, 2.0, 3.0, 2.0, 1.0], idx, name="x")
+    data = s if kind == "series" else s.to_frame()["x"]
+    res = Forecaster(data, horizon=3).fit()
+    assert res.model in {"naive", "drift"}
+    assert len(res.mean) == 3 and res.mean.notna().all()
+
+
+def test_too_short_to_backtest_uses_naive():
+    idx = pd.date_range("2024-01-01", periods=2, freq="D", tz="UTC")
+    res = Forecaster(pd.Series([4.0, 5.0], idx)).fit()
+    assert res.model == "naive" and np.isnan(res.backtest.mase)
+    assert res.forecast(3)["mean"].tolist() == [5.0, 5.0, 5.0]
+
+
+@pytest.mark.parametrize("value", [0.0, 7.5, 1e15])
+def test_constant_series_is_forecast_exactly(value):
+    idx = pd.date_range("2024-01-01", periods=200, freq="h", tz="UTC")
+    res = Forecaster(pd.Series(value, idx), horizon=24).fit()
+    frame = res.forecast(24)
+    assert res.model == "naive"
+    assert (frame.to_numpy() == value).all()
+    assert res.backtest.mase == 0.0
+
+
+def test_single_point_is_a_clear_error():
+    idx = pd.date_range("2024-01-01", periods=1, freq="h", tz="UTC")
+    with pytest.raises(AnalyticsInputError, match="two") as info:
+        Forecaster(pd.Series([1.0], idx), step="1h")
+    assert info.value.field == "series"
+
+
+def test_huge_values_scale_equivariant(make_hourly):
+    s = make_hourly(seed=4, n=400)
+    small = Forecaster(s, horizon=48).fit()
+    big = Forecaster(s * 1e12, horizon=48).fit()
+    assert big.model == small.model
+    np.testing.assert_allclose(big.mean.to_numpy() / 1e12, small.mean.to_numpy(), rtol=1e-3)
+
+
+def test_nans_gaps_and_unsorted_input(make_hourly):
+    s = make_hourly(seed=5, n=500)
+    s.iloc[50:60] = np.nan
+    s = s.drop(s.index[300:305])
+    s.iloc[-3:] = np.nan  # buckets not arrived yet
+    shuffled = s.sample(frac=1.0, random_state=1)
+    res = Forecaster(shuffled, horizon=48).fit()
+    # Trailing gaps are trimmed, so the forecast covers them.
+    assert res.mean.index[0] == s.index[-3]
+    assert res.mean.notna().all() and np.isfinite(res.backtest.mase)
+
+
+def test_duplicates_are_refused_with_the_fix(make_hourly):
+    s = make_hourly(n=100)
+    with pytest.raises(AnalyticsInputError, match="resample"):
+        Forecaster(pd.concat([s, s.iloc[:2]]))
+
+
+def test_irregular_grid_is_refused():
+    stamps = ["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 02:00", "2024-01-01 02:20"]
+    idx = pd.DatetimeIndex(stamps, tz="UTC")
+    with pytest.raises(AnalyticsInputError, match="regular"):
+        Forecaster(pd.Series([1.0, 2.0, 3.0, 4.0], idx))
+
+
+def test_cumulative_total_variance_is_between_bounds(fitted):
+    _, res = fitted
+    cum = res.cumulative(168, level=80)
+    assert cum["mean"].iloc[-1] == pytest.approx(res.mean.sum())
+    width = cum["upper"].iloc[-1] - cum["lower"].iloc[-1]
+    per_step = (res.intervals["upper_80"] - res.intervals["lower_80"]).to_numpy()
+    assert np.sqrt(np.sum(per_step**2)) < width < per_step.sum()
+    assert cum["lower"].is_monotonic_increasing
+
+
+def test_daily_step_uses_weekly_cycle():
+    idx = pd.date_range("2023-01-01", periods=200, freq="D", tz="UTC")
+    rng = np.random.default_rng(8)
+    y = 100 + np.where(idx.day_of_week >= 5, -40.0, 0.0) + rng.normal(0, 3, 200)
+    res = Forecaster(pd.Series(y, idx)).fit()
+    assert res.periods == (7,) and res.horizon == 7
+    assert res.model != "naive"
+    frame = res.forecast(14)
+    weekend = frame["mean"][pd.DatetimeIndex(frame.index).day_of_week >= 5]
+    assert (weekend < 80).all()
