@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from tornado.web import HTTPError, RequestHandler
 
 from ..security.apikeys import digest, looks_like_jwt
-from ..security.ratelimit import SCOPE_BUDGET
+from ..security.ratelimit import budget_for
 from ..security.tokens import TokenError
 from ..store.paging import CursorError
 from ..timeutil import parse_duration, parse_time
@@ -151,11 +151,12 @@ class APIHandler(RequestHandler):
         """Who is calling, and charge their rate-limit budget, in one Redis call."""
         svc = self.services
         s = svc.settings
+        budget = budget_for(self.request.method or "GET", required)
         if required is None:  # open endpoint: credentials, if any, are not looked at
             await self._rate("anon", "", f"ip:{self.client_ip}", "public")
             return ANONYMOUS
         if not s.auth:
-            await self._rate("anon", "", f"ip:{self.client_ip}", SCOPE_BUDGET[required])
+            await self._rate("anon", "", f"ip:{self.client_ip}", budget)
             return Principal("local", ALL_SCOPES, "local")
         credential = self._credential()
         if credential is None:
@@ -167,7 +168,6 @@ class APIHandler(RequestHandler):
                 headers={"WWW-Authenticate": "Bearer"},
             )
         kind, secret = credential
-        budget = SCOPE_BUDGET[required]
         if kind == "key":
             status, kid, scopes, stored = await self._rate(
                 "key", digest(svc.secrets.key_secret, secret), "", budget

@@ -39,6 +39,14 @@ SCOPE_BUDGET = {
 }
 
 
+def budget_for(method: str, scope: str | None) -> str:
+    """Reads spend the read budget whatever scope they need (an admin listing keys
+    is still a read); other methods spend their scope's budget."""
+    if scope is None:
+        return "public"
+    return "read" if method in ("GET", "HEAD") else SCOPE_BUDGET[scope]
+
+
 def budgets(settings: Settings) -> dict[str, Budget]:
     out = {}
     for name, spec in (
