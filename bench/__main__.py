@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 
-from . import bench_api
+from . import bench_api, bench_auth
 from .common import record
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench")
     p.add_argument("--record", action="store_true", help="append results to docs/benchmarks.md")
-    p.add_argument("--only", choices=["api"], help="run one benchmark")
+    p.add_argument("--only", choices=["api", "auth"], help="run one benchmark")
     args = p.parse_args()
     if args.only in (None, "api"):
         bench_api.run()
+    if args.only in (None, "auth"):
+        bench_auth.run()
     if args.record:
         record("make bench")
 

@@ -16,10 +16,18 @@ from ezdash.keys import Keys
 from ezdash.store.scripts import Scripts
 
 from .baseline_server import NAIVE_AGENTS, naive_agent_key
-from .common import baseline_server, median, project_server, redis_server, report
+from .common import (
+    BENCH_ADMIN_KEY,
+    baseline_server,
+    median,
+    project_server,
+    redis_server,
+    report,
+)
 from .loadgen import LoadResult, load
 
 AGENTS = 1000
+AUTH = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
 ROUNDS = 3
 
 
@@ -77,9 +85,13 @@ def compare(
     bodies: list[bytes] | None = None,
     concurrency: int = 16,
     seconds: float = 5.0,
-) -> None:
+    headers: tuple[dict[str, str], dict[str, str]] | None = None,
+    labels: tuple[str, str] = ("project", "baseline"),
+) -> float:
+    """Alternate the two servers for ROUNDS rounds; report medians and the ratio."""
     ours: list[LoadResult] = []
     base: list[LoadResult] = []
+    h_ours, h_base = headers or (AUTH, {})
     for _ in range(ROUNDS):
         ours.append(
             load(
@@ -89,6 +101,7 @@ def compare(
                 bodies=bodies,
                 concurrency=concurrency,
                 seconds=seconds,
+                headers=h_ours,
             )
         )
         base.append(
@@ -99,18 +112,21 @@ def compare(
                 bodies=bodies,
                 concurrency=concurrency,
                 seconds=seconds,
+                headers=h_base,
             )
         )
     o_rps, b_rps = median([r.rps for r in ours]), median([r.rps for r in base])
     o_p99, b_p99 = median([r.p99_ms for r in ours]), median([r.p99_ms for r in base])
+    a, b = labels
     report(f"{name}  (median of {ROUNDS} x {seconds:.0f}s, {concurrency} connections)")
     report(
-        f"  project : {o_rps:8.1f} req/s  p99 {o_p99:7.1f} ms  errors {sum(r.errors for r in ours)}"
+        f"  {a:<10}: {o_rps:8.1f} req/s  p99 {o_p99:7.1f} ms  errors {sum(r.errors for r in ours)}"
     )
     report(
-        f"  baseline: {b_rps:8.1f} req/s  p99 {b_p99:7.1f} ms  errors {sum(r.errors for r in base)}"
+        f"  {b:<10}: {b_rps:8.1f} req/s  p99 {b_p99:7.1f} ms  errors {sum(r.errors for r in base)}"
     )
-    report(f"  ratio (project/baseline throughput): {o_rps / b_rps:.2f}   target: {target}")
+    report(f"  ratio ({a}/{b} throughput): {o_rps / b_rps:.2f}   target: {target}")
+    return o_rps / b_rps
 
 
 def run() -> None:

@@ -41,9 +41,15 @@ def _wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+BENCH_ADMIN_KEY = "bench-admin-key-0123456789abcdefghijklmnopq"
+BENCH_DATA = Path(tempfile.mkdtemp(prefix="ezdash-bench-"))
+UNLIMITED = "100000000/1m"
+
+
 @contextlib.contextmanager
 def project_server(redis_url: str, **env: str) -> Iterator[str]:
-    """The real service (`ezdash serve`) in its own process, logging only warnings."""
+    """The real service (`ezdash serve`) in its own process, logging only warnings.
+    Rate limits are out of reach (their cost is still paid) unless a benchmark says."""
     port = free_port()
     environ = {
         **os.environ,
@@ -51,6 +57,12 @@ def project_server(redis_url: str, **env: str) -> Iterator[str]:
         "EZ_PORT": str(port),
         "EZ_DEMO_AGENTS": "0",
         "EZ_LOG_LEVEL": "WARNING",
+        "EZ_DATA_DIR": str(BENCH_DATA),
+        "EZ_ADMIN_KEY": BENCH_ADMIN_KEY,
+        "EZ_RATE_READ": UNLIMITED,
+        "EZ_RATE_WRITE": UNLIMITED,
+        "EZ_RATE_CONTROL": UNLIMITED,
+        "EZ_RATE_PUBLIC": UNLIMITED,
         **env,
     }
     proc = subprocess.Popen(

@@ -5,6 +5,7 @@ fleet, and stops cleanly on Ctrl-C."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,9 +33,10 @@ def _project_files() -> list[str]:
     return [line for line in out.splitlines() if line and (REPO / line).is_file()]
 
 
-def _get(url: str) -> tuple[int, object]:
+def _get(url: str, key: str = "") -> tuple[int, object]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(req, timeout=2) as resp:
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, None
@@ -78,10 +80,15 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert status == 200, (tmp_path / "make-run.log").read_text()[-3000:]
+        # the first start creates an admin key and prints it once
+        printed = re.search(r"^\s+(ezk_\S+)$", (tmp_path / "make-run.log").read_text(), re.M)
+        assert printed, (tmp_path / "make-run.log").read_text()[-3000:]
+        key = printed.group(1)
+        assert _get(base + "/agents")[0] == 401
         agents: list[dict[str, object]] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(agents) < 3:
-            _, body = _get(base + "/agents")
+            _, body = _get(base + "/agents", key)
             agents = body["items"] if isinstance(body, dict) else []
             time.sleep(0.2)
         assert len(agents) == 3 and all(str(a["id"]).startswith("demo-") for a in agents)

@@ -4,6 +4,8 @@ instances, CORS, and the audit trail of control actions and denied attempts."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ezdash.security.apikeys import digest
 from ezdash.settings import Settings
 
 from .conftest import ADMIN_KEY, FAST, Api, Fleet, start_api, stop_api, wait_for
@@ -444,3 +447,58 @@ async def test_key_validation(api: Api) -> None:
     ):
         r = await api.post("/api/auth/keys", json=body)
         assert r.status == 422 and field in [e["field"] for e in r.json["errors"]], r.json
+
+
+async def test_keys_cli(api: Api, settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "EZ_DATA_DIR": str(settings.data_dir),
+    }
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ezdash.cli",
+            "keys",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, _ = await cli("create", "--name", "ops", "--scopes", "read,control")
+    assert code == 0
+    key = out.split("key (shown once): ")[1].strip()
+    kid = out.split()[0]
+    r = await api.get("/api/agents", headers=bearer(key))
+    assert r.status == 200
+    code, out, _ = await cli("list")
+    assert code == 0 and kid in out and key not in out and "active" in out
+    assert (await cli("create", "--name", "x", "--scopes", "root"))[0] == 2
+    assert (await cli("revoke", "key_missing"))[0] == 1
+    code, out, _ = await cli("revoke", kid)
+    assert code == 0 and "revoked" in out
+    assert (await api.get("/api/agents", headers=bearer(key))).status == 401
+
+
+async def test_speculative_reads_never_leak(api: Api, second: Api) -> None:
+    """GETs with a recently accepted key run while the key is re-checked; a key revoked
+    meanwhile still gets 401, before any 404 or data, and scopes still apply."""
+    key = await make_key(api, "read")
+    assert (await api.get("/api/agents", headers=bearer(key))).status == 200  # remembered
+    assert api.services.recent_keys.seen(digest(api.services.secrets.key_secret, key))
+    assert (await api.get("/api/audit", headers=bearer(key))).status == 403
+    kid = next(
+        k["id"]
+        for k in (await api.get("/api/auth/keys")).json["items"]
+        if k["name"] == "test ('read',)"
+    )
+    assert (await second.fetch("DELETE", f"/api/auth/keys/{kid}")).status == 200
+    for path in ("/api/agents", "/api/agents/nobody", "/api/tasks?limit=0"):
+        r = await api.get(path, headers=bearer(key))
+        assert r.status == 401, (path, r.json)
+        assert "items" not in r.json

@@ -33,6 +33,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="embedded Redis data (env EZ_DATA_DIR, default .data)")
     s.add_argument("--demo-agents", type=int, help="simulated agents (env EZ_DEMO_AGENTS)")
 
+    k = sub.add_parser("keys", help="create, list and revoke API keys")
+    _common(k)
+    k.add_argument("--data-dir", help="where the embedded Redis keeps its data")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key and print it (shown once)")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--scopes", required=True, help="comma-separated: read,write,control,admin")
+    ksub.add_parser("list", help="list keys (never the keys themselves)")
+    kr = ksub.add_parser("revoke", help="revoke a key by id, at once on every instance")
+    kr.add_argument("id")
+
     d = sub.add_parser("demo", help="run a fleet of simulated agents against a Redis")
     _common(d)
     d.add_argument("--agents", type=int, default=None, help="how many (default EZ_DEMO_AGENTS)")
@@ -43,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     names = ("redis_url", "redis_prefix", "log_level", "host", "port", "data_dir", "demo_agents")
+    # `keys` also takes --data-dir: the same settings field
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     if overrides.get("log_level"):
         overrides["log_level"] = str(overrides["log_level"]).upper()
@@ -70,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ezdash: {e}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "keys":
+        from .keyscli import run_keys
+
+        return asyncio.run(run_keys(settings, args))
     if args.command == "demo":
         if not settings.redis_url:
             print("ezdash demo: set REDIS_URL or --redis-url", file=sys.stderr)

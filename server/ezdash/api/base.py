@@ -8,10 +8,13 @@ method that made no decision, so no endpoint is left open by accident.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
+import inspect
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -80,6 +83,43 @@ class APIHandler(RequestHandler):
     def initialize(self) -> None:
         self.principal = ANONYMOUS
         self._sticky: dict[str, str] = {}
+        self._auth: asyncio.Future[Principal] | None = None
+        self._holding = False
+        self._held: bytes | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("get", "head"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_gated", False):
+                setattr(cls, name, _gate(fn))
+
+    def _plausible(self) -> bool:
+        """Speculate only for credentials that cannot be made up: a JWT whose signature
+        verifies here, or an API key this instance accepted within the last minute.
+        Anything else is checked before any work is done."""
+        try:
+            credential = self._credential()
+        except Problem:
+            return False
+        if credential is None or not self.services.settings.auth:
+            return False
+        kind, secret = credential
+        svc = self.services
+        if kind == "jwt":
+            try:
+                svc.tokens.verify(secret)
+            except TokenError:
+                return False
+            return True
+        return svc.recent_keys.seen(digest(svc.secrets.key_secret, secret))
+
+    async def settle(self) -> None:
+        """Wait for a credential check started in prepare(); raise its problem, if any."""
+        if self._auth is not None:
+            auth, self._auth = self._auth, None
+            self.principal = await auth
+            self._check_scope(self.scopes[self.request.method or "GET"])
 
     def keep_header(self, name: str, value: str) -> None:
         """A header every answer carries, including problem answers."""
@@ -104,7 +144,15 @@ class APIHandler(RequestHandler):
         length = self.request.headers.get("Content-Length")
         if (length and length.isdigit() and int(length) > limit) or len(self.request.body) > limit:
             raise Problem(413, f"request body is larger than {limit} bytes", type="too-large")
+        if method in ("GET", "HEAD") and required is not None and self._plausible():
+            # Reads run while the credential is checked (one Redis round trip saved);
+            # nothing is sent until the check passed: see _gate.
+            self._auth = asyncio.ensure_future(self.authenticate(required))
+            return
         self.principal = await self.authenticate(required)
+        self._check_scope(required)
+
+    def _check_scope(self, required: str | None) -> None:
         if required not in (None, "any") and not self.principal.allows(required):
             raise Problem(
                 403,
@@ -169,18 +217,17 @@ class APIHandler(RequestHandler):
             )
         kind, secret = credential
         if kind == "key":
-            status, kid, scopes, stored = await self._rate(
-                "key", digest(svc.secrets.key_secret, secret), "", budget
-            )
-            if status != "ok" or not hmac.compare_digest(
-                stored, digest(svc.secrets.key_secret, secret)
-            ):
+            presented = digest(svc.secrets.key_secret, secret)
+            status, kid, scopes, stored = await self._rate("key", presented, "", budget)
+            if status != "ok" or not hmac.compare_digest(stored, presented):
+                svc.recent_keys.forget(presented)
                 raise Problem(
                     401,
                     "unknown or revoked API key",
                     type="unauthorized",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+            svc.recent_keys.remember(presented)
             return Principal(f"key:{kid}", frozenset(scopes.split(",")), "key")
         try:
             claims = svc.tokens.verify(secret)
@@ -212,8 +259,7 @@ class APIHandler(RequestHandler):
         enforce = svc.settings.rate_limit
         if not enforce and mode == "anon":
             return "ok", "", "", ""
-        res = await svc.scripts.run(
-            "authorize",
+        res = await svc.authorize(
             [svc.keys.api_key_digests],
             [
                 svc.keys.base,
@@ -275,6 +321,8 @@ class APIHandler(RequestHandler):
 
     # -- audit ------------------------------------------------------------------
     def on_finish(self) -> None:
+        if self._auth is not None and not self._auth.done():
+            self._auth.cancel()
         method = self.request.method or "GET"
         status = self.get_status()
         if method == "OPTIONS" or (method in ("GET", "HEAD") and status not in (401, 403, 429)):
@@ -295,7 +343,11 @@ class APIHandler(RequestHandler):
     # -- output -----------------------------------------------------------------
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
+        body = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+        if self._holding:
+            self._held = body  # sent by _gate once the credential check passed
+        else:
+            self.finish(body)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -433,6 +485,37 @@ def cursor_problem(e: CursorError) -> Problem:
 
 
 ANONYMOUS = Principal("anonymous")
+
+
+def _gate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a GET/HEAD method so its answer (or its error) waits for a credential
+    check running alongside it; a failed check wins over anything the method did."""
+
+    @functools.wraps(fn)
+    async def gated(self: APIHandler, *args: Any) -> None:
+        if self._auth is None:
+            result = fn(self, *args)
+            if inspect.isawaitable(result):
+                await result
+            return
+        self._holding = True
+        failure: Exception | None = None
+        try:
+            result = fn(self, *args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as e:
+            failure = e
+        finally:
+            self._holding = False
+        await self.settle()
+        if failure is not None:
+            raise failure
+        if self._held is not None:
+            self.finish(self._held)
+
+    gated._gated = True  # type: ignore[attr-defined]
+    return gated
 
 
 class NotFoundHandler(APIHandler):

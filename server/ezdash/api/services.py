@@ -22,8 +22,9 @@ from ..security.secrets import ServerSecrets, load_secrets
 from ..security.tokens import TokenService
 from ..settings import Settings
 from ..store.agents import AgentStore
+from ..store.batch import ScriptBatcher
 from ..store.commands import CommandStore
-from ..store.scripts import Scripts
+from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
 
 log = logging.getLogger("ezdash.services")
@@ -43,6 +44,29 @@ def make_redis(url: str, max_connections: int) -> Redis:
     return Redis.from_pool(pool)
 
 
+class RecentKeys:
+    """Digests of API keys this instance accepted lately: only those may run reads
+    speculatively (see APIHandler._plausible).  Revocation is still checked in Redis
+    on every request; this only decides whether to wait for that check first."""
+
+    def __init__(self, ttl_s: float = 60.0, size: int = 10_000) -> None:
+        self.ttl = ttl_s
+        self.size = size
+        self._seen: dict[str, float] = {}
+
+    def remember(self, d: str) -> None:
+        if len(self._seen) >= self.size:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[d] = time.monotonic() + self.ttl
+
+    def seen(self, d: str) -> bool:
+        until = self._seen.get(d)
+        return until is not None and until > time.monotonic()
+
+    def forget(self, d: str) -> None:
+        self._seen.pop(d, None)
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -57,12 +81,14 @@ class Services:
     tokens: TokenService
     audit: AuditLog
     budgets: dict[str, Budget]
+    authorize: ScriptBatcher
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     started: float = field(default_factory=time.time)
     draining: bool = False
     background: list[asyncio.Task[None]] = field(default_factory=list)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
+    recent_keys: RecentKeys = field(default_factory=RecentKeys)
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:
@@ -89,6 +115,7 @@ class Services:
             tokens=TokenService(settings, secrets.jwt_secret),
             audit=AuditLog(redis, keys, settings.audit_maxlen),
             budgets=budgets(settings),
+            authorize=ScriptBatcher(redis, source("authorize")),
         )
 
     async def redis_now_ms(self) -> int:

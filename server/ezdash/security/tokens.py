@@ -20,6 +20,9 @@ from jwt import PyJWK, PyJWKSet
 
 from ..settings import Settings
 
+VERIFIED_CACHE = 10_000
+"""Tokens remembered as verified (oldest dropped first)."""
+
 
 class TokenError(Exception):
     """The token is not acceptable; the message says why (safe to show)."""
@@ -44,6 +47,7 @@ class TokenService:
         self.ttl = int(settings.jwt_ttl)
         self.leeway = settings.jwt_leeway
         self.public_keys: dict[str | None, Any] = {}
+        self._verified: dict[str, tuple[Claims, float, float]] = {}
         if settings.jwt_public_key is not None:
             self.public_keys[None] = settings.jwt_public_key.read_bytes()
         if settings.jwt_jwks is not None:
@@ -70,6 +74,23 @@ class TokenService:
         return jwt.encode(claims, self.secret, algorithm=self.hmac_algs[0]), self.ttl
 
     def verify(self, token: str) -> Claims:
+        """Check a token.  A token that verified before is not re-verified (its
+        signature cannot change) until its own expiry; revocation of its key is
+        checked in Redis on every request regardless."""
+        hit = self._verified.get(token)
+        now = time.time()
+        if hit is not None:
+            claims, not_before, expires = hit
+            if not_before - self.leeway <= now < expires + self.leeway:
+                return claims
+            del self._verified[token]
+        claims, not_before, expires = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (claims, not_before, expires)
+        return claims
+
+    def _verify(self, token: str) -> tuple[Claims, float, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -112,4 +133,5 @@ class TokenService:
         scopes = raw.split() if isinstance(raw, str) else [str(s) for s in raw]
         external = alg not in self.hmac_algs
         kid = None if external else claims.get("kid")
-        return Claims(str(claims["sub"]), frozenset(scopes), kid, external)
+        out = Claims(str(claims["sub"]), frozenset(scopes), kid, external)
+        return out, float(claims.get("nbf", 0)), float(claims["exp"])

@@ -1,0 +1,82 @@
+"""``ezdash keys``: API key administration from a shell, straight against Redis.
+
+With no REDIS_URL it uses the embedded Redis of the data directory: the running
+one if ``ezdash serve`` holds it, otherwise it starts it just for this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis as sync_redis
+
+from .api.services import make_redis
+from .keys import Keys
+from .redis_server import RedisServer
+from .security.apikeys import SCOPES, KeyStore
+from .security.secrets import load_secrets
+from .serve import DataDirBusy, lock_data_dir
+from .settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def redis_for(settings: Settings) -> AsyncIterator[str]:
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    data_dir = Path(settings.data_dir)
+    try:
+        lock = lock_data_dir(data_dir)
+    except DataDirBusy:
+        url = (data_dir / "redis.url").read_text().strip()
+        probe = sync_redis.Redis.from_url(url)
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+        yield url
+        return
+    server = RedisServer(data_dir / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        lock.close()
+
+
+async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        bad = [s for s in scopes if s not in SCOPES]
+        if not scopes or bad:
+            print(f"ezdash keys: scopes must be some of {', '.join(SCOPES)}", file=sys.stderr)
+            return 2
+    async with redis_for(settings) as url:
+        client = make_redis(url, 4)
+        try:
+            store = KeyStore(client, Keys(settings.redis_prefix), load_secrets(settings).key_secret)
+            if args.keys_command == "create":
+                key, doc = await store.create(args.name, scopes, created_by="cli")
+                print(f"{doc['id']}  {doc['name']}  scopes={','.join(doc['scopes'])}")
+                print(f"key (shown once): {key}")
+            elif args.keys_command == "list":
+                for doc in await store.all():
+                    state = f"revoked {doc['revoked_at']}" if doc["revoked_at"] else "active"
+                    print(
+                        f"{doc['id']}  {doc['name']!r}  scopes={','.join(doc['scopes'])}  "
+                        f"created {doc['created_at']}  last used {doc['last_used_at']}  "
+                        f"{state}"
+                    )
+            else:
+                gone = await store.revoke(args.id)
+                if gone is None:
+                    print(f"ezdash keys: no key {args.id!r}", file=sys.stderr)
+                    return 1
+                print(f"revoked {gone['id']} at {gone['revoked_at']}")
+        finally:
+            await client.aclose()
+    return 0
