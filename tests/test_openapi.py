@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 from ezdash.agent import TaskContext
@@ -88,6 +89,28 @@ async def test_real_answers_match_the_document(api: Api, fleet: Fleet) -> None:
     await fetch("POST", f"/api/tasks/{fid}/cancel")
     await fetch("DELETE", "/api/agents/w1?dry_run=true")
     await fetch("DELETE", "/api/agents/w1")
+    for what in ("tokens", "costs", "performance", "errors"):
+        await fetch("GET", f"/api/metrics/{what}?from=now-2h&group_by=agent")
+    await fetch("GET", "/api/metrics/prices")
+    await fetch(
+        "POST",
+        "/api/ingest/usage",
+        json=[
+            {
+                "ts": time.time(),
+                "agent_id": "w1",
+                "model": "gpt-4o",
+                "provider": "openai",
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "latency_ms": 12.5,
+                "status": "ok",
+            }
+        ],
+    )
+    await fetch("POST", "/api/ingest/usage", json=[{"agent_id": "w1"}])
+    for what in ("costs", "performance", "errors"):
+        await fetch("GET", f"/api/metrics/{what}?from=now-2h&group_by=model")
     await fetch("GET", "/api/health")
     await fetch("GET", "/api/ready")
     # problems are documented too

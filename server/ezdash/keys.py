@@ -189,6 +189,13 @@ class Keys:
         """Sorted set: acknowledged, unfinished command ids scored by acknowledgement."""
         return f"{self.base}:cmds:acked"
 
+    # -- metrics ------------------------------------------------------------
+    @property
+    def metrics(self) -> MetricKeys:
+        """Rollup counters, histograms, group sets and the raw usage stream
+        (defined with their layout in ``ezdash.metrics.rollup``)."""
+        return MetricKeys(self.base)
+
     # -- shared -------------------------------------------------------------
     @property
     def events(self) -> str:
@@ -203,3 +210,36 @@ class Keys:
     def maintenance_lock(self) -> str:
         """String lock so one server instance at a time runs a sweep."""
         return f"{self.base}:lock:maintenance"
+
+
+class MetricKeys:
+    """Key names of the metrics rollups (layout explained in ``ezdash.metrics.rollup``).
+
+    Counters are strings of big-endian int64 per bucket (BITFIELD), histograms are
+    hashes, group sets name the groups seen in a chunk; all expire with their chunk."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def counter(self, tier: str, dim: str, group: str, metric: str, chunk: int) -> str:
+        return f"{self.base}:m:{tier}:{dim}:{group}:{metric}:{chunk}"
+
+    def histogram(self, tier: str, dim: str, group: str, name: str, chunk: int) -> str:
+        return f"{self.base}:m:{tier}:{dim}:{group}:h:{name}:{chunk}"
+
+    def groups(self, tier: str, dim: str, chunk: int) -> str:
+        return f"{self.base}:m:{tier}:{dim}:groups:{chunk}"
+
+    def error_types(self, tier: str, chunk: int) -> str:
+        return f"{self.base}:m:{tier}:errtypes:{chunk}"
+
+    @property
+    def as_of(self) -> str:
+        return f"{self.base}:m:as_of"
+
+    @property
+    def raw(self) -> str:
+        return f"{self.base}:usage"
+
+    def dedupe(self, batch_id: str) -> str:
+        return f"{self.base}:m:batch:{batch_id}"

@@ -52,6 +52,14 @@ def parse_rate(text: str) -> tuple[int, float]:
     return int(count), seconds
 
 
+def _tiers(value: Any) -> str:
+    from .metrics.rollup import parse_tiers
+
+    parse_tiers(str(value))
+    return str(value)
+
+
+TierSpec = Annotated[str, BeforeValidator(_tiers)]
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 RateSpec = Annotated[str, BeforeValidator(_rate)]
 
@@ -109,6 +117,12 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
     trust_proxy: bool = Field(False, description="Take the client IP from X-Forwarded-For.")
     audit_maxlen: int = Field(1_000_000, ge=1000)
+
+    # -- metrics ----------------------------------------------------------------------
+    rollup_tiers: TierSpec = "1m:48h,1h:90d,1d:730d"
+    prices_file: Path | None = Field(None, description="Price table overriding the shipped one.")
+    ingest_max_events: int = Field(5000, ge=1, le=100_000)
+    backfill_days: int = Field(21, ge=0, le=730, description="History made on a first run.")
 
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_payload_bytes: int = Field(64 << 10, ge=1024)

@@ -222,6 +222,55 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+class MetricsStats(BaseModel):
+    exec_ms: float
+    buckets: int
+    tier: str
+
+
+class MetricsSeries(BaseModel):
+    group: dict[str, str] = Field(description="{} without group_by, else {dimension: value}")
+    values: dict[str, list[float | int | None]]
+
+
+class MetricsAnswer(BaseModel):
+    """Columnar metrics: one timestamp list, one value list per series and metric."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: Time = Field(alias="from")
+    to: Time
+    step: str
+    group_by: str
+    t: list[Time]
+    series: list[MetricsSeries]
+    totals: dict[str, float | int | None]
+    as_of: Time | None
+    stats: MetricsStats
+    price_table: dict[str, str] | None = None
+    by_type: list[dict[str, str | int]] | None = None
+
+
+class PriceModel(BaseModel):
+    provider: str
+    model: str
+    effective_from: str
+    input_per_mtok: float
+    output_per_mtok: float
+    cache_read_per_mtok: float
+    cache_write_per_mtok: float
+
+
+class PriceTableDoc(BaseModel):
+    version: str
+    source_date: str
+    models: list[PriceModel]
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
 class FieldError(BaseModel):
     field: str
     message: str
@@ -259,4 +308,7 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     Token,
     AuditEntry,
     AuditPage,
+    MetricsAnswer,
+    PriceTableDoc,
+    Accepted,
 )

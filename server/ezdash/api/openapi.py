@@ -100,6 +100,20 @@ def _op(
 def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "serialization") for m in SCHEMAS], ref_template=REF)
     schemas = defs.get("$defs", {})
+    metrics_params = [
+        _q("from", "Start (RFC 3339, unix seconds, now-7d); default to - 24h"),
+        _q("to", "End; default now"),
+        _q("step", "Bucket size (1m, 5m, 1h, 1d...); default chosen from the window"),
+        _q("group_by", "Dimension", {"enum": ["none", "agent", "model", "kind", "queue"]}),
+        _q("agent", "Only this agent"),
+        _q("model", "Only this model"),
+        _q("kind", "Only this agent kind"),
+        _q("queue", "Only this queue"),
+    ]
+
+    def metrics_op(summary: str) -> dict[str, Any]:
+        return {"get": _op(summary, "read", {"200": _ok(_ref("MetricsAnswer"))}, metrics_params)}
+
     agent_id = _path("agent_id", "The agent's own id.")
     task_id = _path("task_id", "A task id (tsk_...).")
     paths: dict[str, Any] = {
@@ -258,6 +272,23 @@ def openapi_document() -> dict[str, Any]:
                 "Queues with depth, age and throughput",
                 "read",
                 {"200": _ok({"type": "array", "items": _ref("Queue")})},
+            )
+        },
+        "/api/metrics/tokens": metrics_op("Tokens by kind per bucket"),
+        "/api/metrics/costs": metrics_op("Cost in USD per bucket (price_table names the table)"),
+        "/api/metrics/performance": metrics_op(
+            "Requests, tasks, latency percentiles, task duration p95, success rate"
+        ),
+        "/api/metrics/errors": metrics_op("Errors and error rate per bucket; top error types"),
+        "/api/metrics/prices": {
+            "get": _op("The active model price table", "read", {"200": _ok(_ref("PriceTableDoc"))})
+        },
+        "/api/ingest/usage": {
+            "post": _op(
+                'Usage events (a JSON array or {"events": [...]}); all or nothing',
+                "write",
+                {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many events")},
+                [IDEM],
             )
         },
         "/api/auth/token": {

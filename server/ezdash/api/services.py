@@ -15,6 +15,9 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from ..keys import Keys
+from ..metrics.pricing import PriceTable, load_price_table
+from ..metrics.query import Reader
+from ..metrics.rollup import Tier, parse_tiers
 from ..security.apikeys import KeyStore
 from ..security.audit import AuditLog
 from ..security.ratelimit import Budget, budgets
@@ -30,14 +33,14 @@ from ..store.tasks import TaskStore
 log = logging.getLogger("ezdash.services")
 
 
-def make_redis(url: str, max_connections: int) -> Redis:
+def make_redis(url: str, max_connections: int, *, decode: bool = True) -> Redis:
     """A client whose pool waits for a free connection instead of failing past the cap
     (redis-py's default asyncio pool raises MaxConnectionsError under bursts)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=10,
-        decode_responses=True,
+        decode_responses=decode,
         health_check_interval=30,
         socket_keepalive=True,
     )
@@ -82,6 +85,9 @@ class Services:
     audit: AuditLog
     budgets: dict[str, Budget]
     authorize: ScriptBatcher
+    prices: PriceTable
+    tiers: tuple[Tier, ...]
+    metrics: Reader
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     started: float = field(default_factory=time.time)
     draining: bool = False
@@ -116,6 +122,9 @@ class Services:
             audit=AuditLog(redis, keys, settings.audit_maxlen),
             budgets=budgets(settings),
             authorize=ScriptBatcher(redis, source("authorize")),
+            prices=load_price_table(settings.prices_file),
+            tiers=parse_tiers(settings.rollup_tiers),
+            metrics=Reader(redis, make_redis(redis_url, 16, decode=False), keys.metrics),
         )
 
     async def redis_now_ms(self) -> int:
@@ -176,4 +185,5 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.background.clear()
+        await self.metrics.raw.aclose()
         await self.redis.aclose()

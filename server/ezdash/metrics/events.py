@@ -219,8 +219,8 @@ def validate_batch(
     items: list[Any], *, now_ms: int, oldest_ms: int
 ) -> tuple[list[UsageEvent], list[dict[str, Any]]]:
     """The valid events, and for each invalid one ``{"index", "errors": [{"field",
-    "message"}]}``.  One bad event does not refuse the batch: agents retry whole
-    batches, and refusing good events with a bad one would lose or repeat them."""
+    "message"}]}``, every problem of every event at once.  The caller sets the batch
+    policy: the ingest API refuses a batch with any bad event as a whole."""
     context = {"now_ms": now_ms, "oldest_ms": oldest_ms}
     events: list[UsageEvent] = []
     errors: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ NAMES = (
     "command_expire",
     "command_purge",
     "command_update",
+    "metrics_apply",
     "task_cancel",
     "task_create",
     "task_delete",
