@@ -50,7 +50,7 @@ KINDS = (
     Kind(
         "summarizer",
         ("summarize", "default"),
-        ("gpt-4o-mini", "claude-haiku-4"),
+        ("gpt-4o-mini", "claude-haiku-4-5"),
         0.8,
         ("summarize", "extract_facts"),
         3.0,
@@ -76,16 +76,35 @@ class UpstreamTimeout(Exception):
 
 def make_handler(kind: Kind, rng: random.Random, speed: float) -> Any:
     async def handle(ctx: TaskContext) -> dict[str, Any]:
+        model = rng.choice(kind.models)
+        provider = "anthropic" if model.startswith("claude") else "openai"
         latency = rng.lognormvariate(math.log(kind.median_latency_s), 0.5) / speed
         await asyncio.sleep(min(latency, 30.0))
+        prompt = rng.randint(300, 12_000)
+        cached = rng.randint(0, prompt // 2) if rng.random() < 0.6 else 0
+        creation = rng.randint(0, (prompt - cached) // 4) if provider == "anthropic" else 0
+        output = rng.randint(50, 1500)
+        usage: dict[str, Any] = {
+            "model": model,
+            "provider": provider,
+            "input_tokens": prompt,
+            "cached_tokens": cached,
+            "cache_creation_tokens": creation,
+            "output_tokens": output,
+            "latency_ms": latency * 1000 * speed,
+            "reasoning_tokens": rng.randint(0, output // 3) if "4.1" in model else 0,
+        }
         roll = rng.random()
         if roll < 0.03:
+            ctx.record_usage(**usage, status="error", error_type="RateLimited")
             raise RateLimited("429 from provider: rate limit exceeded, retry later")
         if roll < 0.05:
+            ctx.record_usage(**usage, status="error", error_type="UpstreamTimeout")
             raise UpstreamTimeout(f"provider did not answer within {latency:.1f}s")
+        ctx.record_usage(**usage)
         if roll < 0.06:
             raise PermanentError("request rejected: prompt exceeds the context window")
-        return {"model": rng.choice(kind.models), "output_tokens": rng.randint(50, 1500)}
+        return {"model": model, "output_tokens": output}
 
     return handle
 

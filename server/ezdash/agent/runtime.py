@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
@@ -29,12 +32,25 @@ from .. import __version__
 from ..aio import reraise_if_cancelling
 from ..ids import AGENT_ID
 from ..keys import Keys
+from ..metrics.events import UsageEvent
+from ..metrics.pricing import PriceTable, load_price_table
+from ..metrics.recorder import UsageRecorder
+from ..metrics.rollup import DEFAULT_TIERS, parse_tiers
 from ..store.commands import CommandStore
 from ..store.scripts import Scripts
 from ..store.tasks import Delivery, TaskStore
 from ..timeutil import now_ms
 
 log = logging.getLogger("ezdash.agent")
+
+
+@functools.cache
+def _prices() -> PriceTable:
+    """The shipped price table, loaded once per process (agents price at ingest too,
+    so EZ_PRICES_FILE must name the same file on agents and servers)."""
+    return load_price_table(
+        Path(os.environ["EZ_PRICES_FILE"]) if os.environ.get("EZ_PRICES_FILE") else None
+    )
 
 
 class PermanentError(Exception):
@@ -59,6 +75,9 @@ class AgentConfig:
     retry_backoff_max_s: float = 60.0
     prefix: str = "ez"
     events_maxlen: int = 100_000
+    record_usage: bool = True
+    rollup_tiers: str = DEFAULT_TIERS  # must match the server's EZ_ROLLUP_TIERS
+    usage_flush_s: float = 1.0
 
 
 @dataclass
@@ -72,6 +91,40 @@ class TaskContext:
     attempt: int
     max_attempts: int
     agent: Agent
+
+    def record_usage(
+        self,
+        *,
+        model: str,
+        provider: str,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cached_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        status: str = "ok",
+        error_type: str | None = None,
+        cost_usd: float | None = None,
+    ) -> None:
+        """Report one LLM call made for this task (tokens per the OpenTelemetry GenAI
+        conventions: input includes cached and cache-creation tokens, output includes
+        reasoning).  Leave cost_usd out to have the server's price table price it."""
+        self.agent.record_usage(
+            model=model,
+            provider=provider,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=latency_ms,
+            cached_tokens=cached_tokens,
+            cache_creation_tokens=cache_creation_tokens,
+            reasoning_tokens=reasoning_tokens,
+            status=status,
+            error_type=error_type,
+            cost_usd=cost_usd,
+            task_id=self.id,
+            queue=self.queue,
+        )
 
 
 Handler = Callable[[TaskContext], Coroutine[Any, Any, Any]]
@@ -110,6 +163,15 @@ class Agent:
         self.commands = CommandStore(
             self.redis, self.keys, scripts, events_maxlen=self.config.events_maxlen, ttl_s=60
         )
+        self.recorder: UsageRecorder | None = None
+        if self.config.record_usage:
+            self.recorder = UsageRecorder(
+                self.redis,
+                self.keys,
+                parse_tiers(self.config.rollup_tiers),
+                _prices(),
+                flush_every_s=self.config.usage_flush_s,
+            )
         self.status = "starting"
         self.restarts = 0
         self.started_at = now_ms()
@@ -118,6 +180,7 @@ class Agent:
         self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._forcing = False
+        self._killed = False
         self._active = 0  # work slots taking or executing a task
         self._idle = asyncio.Event()
         self._idle.set()
@@ -159,6 +222,49 @@ class Agent:
             ],
         )
 
+    # -- usage --------------------------------------------------------------------
+    def record_usage(
+        self,
+        *,
+        model: str,
+        provider: str,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cached_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        status: str = "ok",
+        error_type: str | None = None,
+        cost_usd: float | None = None,
+        task_id: str | None = None,
+        queue: str = "",
+    ) -> None:
+        """Record one LLM call; written with others in a batch within a second.
+        Invalid usage raises pydantic's ValidationError at once, in the caller."""
+        if self.recorder is None:
+            return
+        event = UsageEvent.model_validate(
+            {
+                "ts": time.time(),
+                "agent_id": self.id,
+                "task_id": task_id,
+                "model": model,
+                "provider": provider,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cached_tokens": cached_tokens,
+                "cache_creation_tokens": cache_creation_tokens,
+                "reasoning_tokens": reasoning_tokens,
+                "latency_ms": latency_ms,
+                "status": status,
+                "error_type": error_type,
+                "cost_usd": None if cost_usd is None else str(cost_usd),
+            },
+            strict=False,
+        )
+        self.recorder.record(event, kind=self.config.kind, queue=queue)
+
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
         """Run until stopped by a command or by ``stop()``."""
@@ -198,6 +304,7 @@ class Agent:
 
     async def kill(self) -> None:
         """Vanish without a word, as a crashed process would (for tests and demos)."""
+        self._killed = True
         self._accepting.clear()
         for loop in self._loops:
             loop.cancel()
@@ -217,6 +324,11 @@ class Agent:
         for client in self._blocking:
             await client.aclose()
         self._blocking.clear()
+        if self.recorder is not None and not self._killed:
+            try:
+                await self.recorder.close()  # what was recorded is written before we go
+            except (RedisError, OSError) as e:
+                log.warning("%s: usage not written at shutdown: %s", self.id, e)
         if self._owns_redis:
             await self.redis.aclose()
 
@@ -302,6 +414,7 @@ class Agent:
         if self._forcing:  # taken just as a forced stop began: hand it straight back
             await self._report(lambda: self._abandon(d))
             return
+        began = time.monotonic()
         ctx = TaskContext(d.id, d.type, d.queue, d.payload, d.attempt, d.max_attempts, self)
         task: asyncio.Task[Any] = asyncio.create_task(self.handler(ctx), name=f"{self.id}:{d.id}")
         self.running[d.id] = (d, task)
@@ -338,6 +451,15 @@ class Agent:
             )
             if outcome == "stale":
                 log.info("%s: result for %s discarded: task is now %s", self.id, d.id, status)
+            elif self.recorder is not None and status in ("succeeded", "failed", "dead"):
+                self.recorder.record_task(
+                    int(time.time() * 1000),
+                    agent=self.id,
+                    kind=self.config.kind,
+                    queue=d.queue,
+                    ok=status == "succeeded",
+                    duration_ms=(time.monotonic() - began) * 1000,
+                )
             self.completed += 1
         finally:
             self.running.pop(d.id, None)
