@@ -1,6 +1,6 @@
 -- KEYS[1] task hash.  ARGV: base, id, type, queue, priority, max_attempts, payload,
 -- maxlen, idem_key ('' for none), idem_ttl_ms, fingerprint.
--- Returns {'ok', id} or {'duplicate', stored} when the idempotency key was seen.
+-- Returns {'ok', id, created_ms} or {'duplicate', stored} when the idempotency key was seen.
 local tkey = KEYS[1]
 local id, ttype, queue, prio, maxatt, payload = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local maxlen, idem, idem_ttl, fp = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
@@ -18,4 +18,4 @@ redis.call('ZADD', k('tasks', 'q', queue), now, id)
 enqueue(id, tkey)
 task_event(maxlen, tkey)
 if idem ~= '' then redis.call('SET', idem, fp .. '|' .. id, 'PX', idem_ttl) end
-return {'ok', id}
+return {'ok', id, now}

@@ -182,9 +182,23 @@ class TaskStore:
             if task is None:
                 raise NotFound(seen_id)
             return task, False
-        task = await self.get(tid)
-        assert task is not None
-        return task, True
+        created = format_ms(int(res[2]))
+        return {  # what the script just wrote: no second round trip to read it back
+            "id": tid,
+            "type": type,
+            "queue": queue,
+            "status": "queued",
+            "payload": payload,
+            "priority": priority,
+            "agent_id": None,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "created_at": created,
+            "started_at": None,
+            "finished_at": None,
+            "error": None,
+            "result": None,
+        }, True
 
     async def cancel(self, tid: str) -> dict[str, Any]:
         return await self._transition("task_cancel", tid)
