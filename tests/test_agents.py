@@ -58,7 +58,13 @@ async def test_list_and_detail(api: Api, fleet: Fleet) -> None:
     assert [a["id"] for a in (await api.get("/api/agents?kind=coder")).json["items"]] == ["b-agent"]
     assert [a["id"] for a in (await api.get("/api/agents?q=ALI")).json["items"]] == ["a-agent"]
     detail = (await api.get("/api/agents/a-agent")).json
-    assert detail["stats"] == {"tasks_succeeded_1h": 0, "tasks_failed_1h": 0}
+    assert detail["stats"] == {
+        "tasks_succeeded_1h": 0,
+        "tasks_failed_1h": 0,
+        "tokens_24h": 0,
+        "cost_usd_24h": 0.0,
+        "latency_p95_ms_1h": None,
+    }
     assert detail["recent_errors"] == [] and detail["pending_commands"] == []
 
 

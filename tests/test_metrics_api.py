@@ -370,3 +370,73 @@ async def test_totals_survive_redis_restart(tmp_path: Path, settings: Any) -> No
     finally:
         await stop_api(api)
         server.stop()
+
+
+async def test_price_change_applies_from_its_date(tmp_path: Path, settings: Any) -> None:
+    import datetime as dt
+
+    today = dt.datetime.now(dt.UTC).date()
+    table = {
+        "version": "test.1",
+        "source_date": str(today),
+        "source": "test",
+        "currency": "USD",
+        "models": [
+            {
+                "provider": "acme",
+                "model": "flux",
+                "effective_from": "2020-01-01",
+                "input_per_mtok": 10,
+                "output_per_mtok": 20,
+                "cache_read_per_mtok": 1,
+                "cache_write_per_mtok": 12.5,
+            },
+            {
+                "provider": "acme",
+                "model": "flux",
+                "effective_from": str(today),
+                "input_per_mtok": 5,
+                "output_per_mtok": 10,
+                "cache_read_per_mtok": 0.5,
+                "cache_write_per_mtok": 6.25,
+            },
+        ],
+    }
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(table))
+    api = await start_api(settings.model_copy(update={"prices_file": path}))
+    try:
+        now = await api.services.redis_now_ms()
+        midnight = now // 86_400_000 * 86_400_000
+        base = {
+            "agent_id": "p1",
+            "model": "flux",
+            "provider": "acme",
+            "input_tokens": 1_000_000,
+            "cached_tokens": 200_000,
+            "cache_creation_tokens": 100_000,
+            "output_tokens": 300_000,
+            "reasoning_tokens": 100_000,
+            "latency_ms": 10,
+            "status": "ok",
+        }
+        before = {**base, "ts": (midnight - 3_600_000) / 1000}
+        after = {**base, "ts": min(now, midnight + 1000) / 1000}
+        r = await api.post("/api/ingest/usage", json=[before, after])
+        assert r.status == 202
+        # by hand: 700k fresh input, 200k cache reads, 100k cache writes, 300k output
+        old = 0.7 * 10 + 0.2 * 1 + 0.1 * 12.5 + 0.3 * 20
+        new = 0.7 * 5 + 0.2 * 0.5 + 0.1 * 6.25 + 0.3 * 10
+        costs = (
+            await api.get(
+                f"/api/metrics/costs?from={(midnight - 86_400_000) // 1000}"
+                f"&to={(midnight + 86_400_000) // 1000}&step=1d"
+            )
+        ).json
+        assert costs["series"][0]["values"]["cost_usd"] == [old, new]
+        assert costs["price_table"]["version"] == "test.1"
+        assert abs(costs["totals"]["cost_usd"] - (old + new)) < 1e-9
+        prices = (await api.get("/api/metrics/prices")).json
+        assert [m["effective_from"] for m in prices["models"]] == ["2020-01-01", str(today)]
+    finally:
+        await stop_api(api)

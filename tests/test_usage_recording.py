@@ -53,3 +53,6 @@ async def test_runtime_records_usage_and_tasks(api: Api, fleet: Fleet) -> None:
     errors = (await api.get("/api/metrics/errors?from=now-1h")).json
     assert errors["by_type"] == [{"type": "RateLimited", "count": 2}]
     assert agent.recorder is not None
+    stats = (await api.get("/api/agents/rec-1")).json["stats"]
+    assert stats["tokens_24h"] == 2020 + 400 and abs(stats["cost_usd_24h"] - 2 * per_task) < 1e-9
+    assert 800 < stats["latency_p95_ms_1h"] < 900

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..ids import AGENT_ID
 from ..keys import AGENT_STATUSES
+from ..metrics.pricing import nanos_to_usd
+from ..metrics.query import percentiles, plan
 from ..store.paging import CursorError
 from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
 from .base import APIHandler, cursor_problem
 from .errors import Problem, conflict, invalid, not_found
+from .services import Services
 
 
 def check_agent_id(agent_id: str) -> str:
@@ -46,6 +51,7 @@ class AgentHandler(APIHandler):
             raise not_found("agent", agent_id)
         now = await svc.redis_now_ms()
         agent.update(await svc.agents.detail_extras(agent_id, now))
+        agent["stats"].update(await usage_stats(svc, agent_id, now))
         agent["pending_commands"] = await svc.commands.pending_for(agent_id)
         self.write_json(agent)
 
@@ -64,6 +70,44 @@ class AgentRestartHandler(APIHandler):
         if self.request.body.strip() not in (b"", b"{}"):
             raise invalid("body", "restart takes no body", 400)
         await command(self, check_agent_id(agent_id), "restart", force=False)
+
+
+async def usage_stats(svc: Services, agent_id: str, now: int) -> dict[str, Any]:
+    """Tokens and cost of the last 24 h and p95 latency of the last hour, from rollups."""
+    day = plan(
+        svc.tiers,
+        start_ms=now - 86_400_000,
+        end_ms=now,
+        step_ms=3_600_000,
+        now_ms=now,
+        group_by="none",
+        filters={"agent": agent_id},
+    )
+    hour = plan(
+        svc.tiers,
+        start_ms=now - 3_600_000,
+        end_ms=now,
+        step_ms=60_000,
+        now_ms=now,
+        group_by="none",
+        filters={"agent": agent_id},
+    )
+    data = await svc.metrics.counters(
+        day, [agent_id], ["input_tokens", "output_tokens", "cost_nanos"]
+    )
+    hist = await svc.metrics.histograms(hour, [agent_id], "latency")
+    merged: dict[int, int] = {}
+    for h in hist[agent_id]:
+        for k, v in h.items():
+            merged[k] = merged.get(k, 0) + v
+    (p95,) = percentiles([merged], (0.95,))[0]
+    return {
+        "tokens_24h": int(
+            data[(agent_id, "input_tokens")].sum() + data[(agent_id, "output_tokens")].sum()
+        ),
+        "cost_usd_24h": nanos_to_usd(int(data[(agent_id, "cost_nanos")].sum())),
+        "latency_p95_ms_1h": p95,
+    }
 
 
 async def command(h: APIHandler, agent_id: str, action: str, *, force: bool) -> None:

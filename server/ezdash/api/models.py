@@ -104,6 +104,9 @@ class Command(BaseModel):
 class AgentStats(BaseModel):
     tasks_succeeded_1h: int
     tasks_failed_1h: int
+    tokens_24h: int
+    cost_usd_24h: float
+    latency_p95_ms_1h: float | None
 
 
 class AgentError(BaseModel):
