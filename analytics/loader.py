@@ -1,0 +1,213 @@
+"""The loading layer: rollups in Redis (or an exported file) -> tidy pandas objects.
+
+Kept apart from the pure core (``analytics``) so the core never touches I/O.  The
+API, the Panel page and the notebooks all call ``load_metric``; notebooks use the
+synchronous :class:`RedisSource`, and :func:`read_file` lets an analyst work
+offline from a CSV or Parquet export made with :func:`to_file`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from redis.asyncio import Redis
+
+from ezdash.keys import Keys
+from ezdash.metrics.query import Plan, Reader, percentiles, plan
+from ezdash.metrics.rollup import DEFAULT_TIERS, Tier, parse_tiers
+from ezdash.timeutil import now_ms as wall_now_ms
+from ezdash.timeutil import parse_duration, parse_time
+
+COUNTER_METRICS = {
+    "input_tokens": ("input_tokens",),
+    "output_tokens": ("output_tokens",),
+    "cached_tokens": ("cached_tokens",),
+    "cache_creation_tokens": ("cache_creation_tokens",),
+    "reasoning_tokens": ("reasoning_tokens",),
+    "total_tokens": ("input_tokens", "output_tokens"),
+    "cost_usd": ("cost_nanos",),
+    "requests": ("requests",),
+    "errors": ("errors",),
+    "tasks_completed": ("tasks_completed",),
+    "tasks_failed": ("tasks_failed",),
+}
+RATIO_METRICS = {"error_rate": ("errors", "requests"), "success_rate": ("ok", "requests")}
+HISTOGRAM_METRICS = {
+    "latency_p50_ms": ("latency", 0.5, 1.0),
+    "latency_p95_ms": ("latency", 0.95, 1.0),
+    "latency_p99_ms": ("latency", 0.99, 1.0),
+    "task_duration_p95_s": ("duration", 0.95, 1e-3),
+}
+METRICS = (*COUNTER_METRICS, *RATIO_METRICS, *HISTOGRAM_METRICS)
+NONNEGATIVE = frozenset(METRICS)
+"""Every metric the dashboard shows is a count, an amount, a rate or a duration."""
+
+
+def index_for(p: Plan) -> pd.DatetimeIndex:
+    return pd.date_range(
+        pd.Timestamp(p.start_ms, unit="ms", tz="UTC"),
+        periods=p.buckets,
+        freq=pd.Timedelta(milliseconds=p.step_ms),
+    )
+
+
+async def load_plan(reader: Reader, p: Plan, metric: str) -> pd.DataFrame:
+    """One column per group (``"all"`` without group_by), one row per bucket; counters
+    zero-filled, rates and percentiles NaN where there is no data."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
+    groups = await reader.groups(p)
+    stored = [g for g, _ in groups]
+    labels = [label if p.label else "all" for _, label in groups]
+    index = index_for(p)
+    columns: dict[str, Any] = {}
+    if metric in COUNTER_METRICS:
+        data = await reader.counters(p, stored, list(COUNTER_METRICS[metric]))
+        for g, label in zip(stored, labels, strict=True):
+            total = np.zeros(p.buckets, dtype=np.int64)
+            for m in COUNTER_METRICS[metric]:
+                total = total + data[(g, m)]
+            columns[label] = total / 1e9 if metric == "cost_usd" else total
+    elif metric in RATIO_METRICS:
+        data = await reader.counters(p, stored, ["errors", "requests"])
+        for g, label in zip(stored, labels, strict=True):
+            req = data[(g, "requests")].astype(float)
+            err = data[(g, "errors")].astype(float)
+            num = err if metric == "error_rate" else req - err
+            with np.errstate(invalid="ignore", divide="ignore"):
+                columns[label] = np.where(req > 0, num / np.where(req > 0, req, 1), np.nan)
+    else:
+        name, q, scale = HISTOGRAM_METRICS[metric]
+        hists = await reader.histograms(p, stored, name)
+        for g, label in zip(stored, labels, strict=True):
+            (qvalues,) = percentiles(hists[g], (q,))
+            columns[label] = np.array([np.nan if v is None else v * scale for v in qvalues])
+    frame = pd.DataFrame(columns, index=index)
+    frame.index.name = "ts"
+    frame.columns.name = p.label or "group"
+    return frame
+
+
+async def load_metric(
+    reader: Reader,
+    tiers: Sequence[Tier],
+    *,
+    metric: str,
+    start_ms: int,
+    end_ms: int,
+    now_ms: int,
+    step_ms: int | None = None,
+    group_by: str = "none",
+    filters: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, Plan]:
+    p = plan(
+        tiers,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        step_ms=step_ms,
+        now_ms=now_ms,
+        group_by=group_by,
+        filters=filters or {},
+    )
+    return await load_plan(reader, p, metric), p
+
+
+class RedisSource:
+    """Synchronous access for notebooks and scripts::
+
+    src = RedisSource("redis://127.0.0.1:6379/0")
+    cost = src.load("cost_usd", start="now-30d", step="1h", group_by="model")
+    """
+
+    def __init__(self, redis_url: str, *, prefix: str = "ez", tiers: str = DEFAULT_TIERS) -> None:
+        self.url = redis_url
+        self.keys = Keys(prefix)
+        self.tiers = parse_tiers(tiers)
+
+    def load(
+        self,
+        metric: str,
+        *,
+        start: str = "now-7d",
+        end: str = "now",
+        step: str | None = None,
+        group_by: str = "none",
+        **filters: str,
+    ) -> pd.DataFrame:
+        return asyncio.run(self._load(metric, start, end, step, group_by, filters))
+
+    async def _load(
+        self,
+        metric: str,
+        start: str,
+        end: str,
+        step: str | None,
+        group_by: str,
+        filters: dict[str, str],
+    ) -> pd.DataFrame:
+        redis = Redis.from_url(self.url, decode_responses=True)
+        raw = Redis.from_url(self.url)
+        try:
+            sec, usec = await redis.time()
+            now = int(sec) * 1000 + int(usec) // 1000
+            frame, _ = await load_metric(
+                Reader(redis, raw, self.keys.metrics),
+                self.tiers,
+                metric=metric,
+                start_ms=parse_time(start, now=now),
+                end_ms=parse_time(end, now=now),
+                now_ms=now,
+                step_ms=int(parse_duration(step) * 1000) if step else None,
+                group_by=group_by,
+                filters=filters,
+            )
+            return frame
+        finally:
+            await redis.aclose()
+            await raw.aclose()
+
+
+def to_file(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a loaded frame in the tidy long form (ts, group, value): CSV, or Parquet
+    when the name ends in .parquet (needs pyarrow)."""
+    path = Path(path)
+    tidy = frame.rename_axis(index="ts", columns="group").reset_index().melt(
+        id_vars="ts", var_name="group", value_name="value")
+    if path.suffix == ".parquet":
+        tidy.to_parquet(path, index=False)
+    else:
+        tidy.to_csv(path, index=False)
+    return path
+
+
+def read_file(path: str | Path) -> pd.DataFrame:
+    """Read a file written by :func:`to_file` back into the wide, UTC-indexed frame."""
+    path = Path(path)
+    tidy = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = {"ts", "group", "value"} - set(tidy.columns)
+    if missing:
+        raise ValueError(f"{path}: expected columns ts, group, value (missing {sorted(missing)})")
+    tidy["ts"] = pd.to_datetime(tidy["ts"], utc=True)
+    tidy["group"] = tidy["group"].astype(str)
+    frame = tidy.pivot_table(
+        index="ts", columns="group", values="value", aggfunc="sum", dropna=False
+    ).sort_index()
+    frame.columns.name = "group"
+    return frame
+
+
+__all__ = [
+    "METRICS",
+    "NONNEGATIVE",
+    "RedisSource",
+    "load_metric",
+    "load_plan",
+    "read_file",
+    "to_file",
+    "wall_now_ms",
+]
