@@ -41,6 +41,7 @@ async def test_loader_matches_api_and_round_trips_files(api: Api, tmp_path: Path
         assert np.allclose(
             frame[series["group"]["agent"]].to_numpy(), series["values"]["cost_usd"], atol=1e-9
         )
+    assert isinstance(frame.index, pd.DatetimeIndex)
     assert str(frame.index.tz) == "UTC" and frame.index.freq == pd.Timedelta(hours=1)
     assert frame.index[0] == pd.Timestamp(p.start_ms, unit="ms", tz="UTC")
 
