@@ -127,6 +127,10 @@ class Keys:
         """Sorted set: running task ids scored by start time."""
         return f"{self.base}:q:{queue}:running"
 
+    def queue_in(self, queue: str, minute: int) -> str:
+        """String counter with TTL: tasks created in one queue in one minute."""
+        return f"{self.base}:q:{queue}:in:{minute}"
+
     def queue_done(self, queue: str, minute: int) -> str:
         """String counter with TTL: tasks of one queue finished in one minute."""
         return f"{self.base}:q:{queue}:done:{minute}"

@@ -86,6 +86,7 @@ async def serve(
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]
         services.start_background()
+        services.spawn(services.pool.warm_up())  # fits answer fast from the first request
         if settings.demo_agents > 0:
             env = {**os.environ, "REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
             demo = await asyncio.create_subprocess_exec(

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     ingest_max_events: int = Field(5000, ge=1, le=100_000)
     backfill_days: int = Field(21, ge=0, le=730, description="History made on a first run.")
 
+    # -- analytics --------------------------------------------------------------------
+    analytics_workers: int = Field(2, ge=1, le=64, description="Worker processes for fits.")
+    monthly_budget_usd: float | None = Field(None, ge=0, description="For budget run-out.")
+    summary_cache: Duration = 2.0
+
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_payload_bytes: int = Field(64 << 10, ge=1024)
     shutdown_grace: Duration = 10.0

@@ -128,7 +128,8 @@ class Queue(BaseModel):
     running: int
     oldest_age_s: float
     throughput_per_min: float
-    drain_eta_s: float | None
+    arrivals_per_min: float
+    drain_eta_s: float | None = Field(description="0 when empty; null when not draining")
 
 
 class TaskEnvelope(BaseModel):
@@ -274,6 +275,87 @@ class Accepted(BaseModel):
     accepted: int
 
 
+class Backtest(BaseModel):
+    mase: float | None
+    smape: float | None
+    origins: int
+
+
+class ForecastAnswer(BaseModel):
+    model_config = ConfigDict(extra="allow")  # lower_80, upper_80, ... per level
+
+    metric: str
+    step: str
+    horizon: int
+    model: str
+    t: list[Time]
+    mean: list[float | None]
+    backtest: Backtest
+    history: dict[str, list[Any]]
+    as_of: Time | None
+    stats: dict[str, Any]
+
+
+class TrendItem(BaseModel):
+    group: dict[str, str]
+    slope_per_day: float | None
+    pct_change: float | None
+    direction: Literal["up", "down", "flat"]
+    p_value: float | None
+    seasonality_strength: float | None
+    n: int
+
+
+class TrendsAnswer(BaseModel):
+    metric: str
+    window: str
+    group_by: str
+    items: list[TrendItem]
+    as_of: Time | None
+    stats: dict[str, Any]
+
+
+class AnomalyItem(BaseModel):
+    ts: Time
+    value: float | None
+    expected: float | None
+    score: float | None
+    direction: Literal["up", "down"]
+    kind: Literal["spike", "level_shift"]
+
+
+class AnomaliesAnswer(BaseModel):
+    metric: str
+    window: str
+    items: list[AnomalyItem]
+    as_of: Time | None
+    stats: dict[str, Any]
+
+
+class PredictionsAnswer(BaseModel):
+    month_end_cost: dict[str, Any]
+    budget: dict[str, Any] | None
+    queues: list[dict[str, Any]]
+    as_of: Time | None
+    stats: dict[str, Any]
+
+
+class SummaryAnswer(BaseModel):
+    agents: dict[str, int]
+    queues: list[dict[str, Any]]
+    tasks_24h: dict[str, int]
+    tokens: dict[str, int]
+    cost_usd: dict[str, Any]
+    last_hour: dict[str, Any]
+    alerts: list[Any]
+    as_of: Time | None
+    stats: dict[str, Any]
+
+
+class HistoryAnswer(MetricsAnswer):
+    metric: str
+
+
 class FieldError(BaseModel):
     field: str
     message: str
@@ -314,4 +396,10 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     MetricsAnswer,
     PriceTableDoc,
     Accepted,
+    ForecastAnswer,
+    TrendsAnswer,
+    AnomaliesAnswer,
+    PredictionsAnswer,
+    SummaryAnswer,
+    HistoryAnswer,
 )

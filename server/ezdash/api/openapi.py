@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from analytics.loader import METRICS
+
 from .. import __version__
 from .models import SCHEMAS
 
@@ -289,6 +291,69 @@ def openapi_document() -> dict[str, Any]:
                 "write",
                 {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many events")},
                 [IDEM],
+            )
+        },
+        "/api/summary": {
+            "get": _op(
+                "The dashboard front page in one call", "read", {"200": _ok(_ref("SummaryAnswer"))}
+            )
+        },
+        "/api/analytics/history": {
+            "get": _op(
+                "Any metric at any step, columnar",
+                "read",
+                {"200": _ok(_ref("HistoryAnswer"))},
+                [_q("metric", "A metric name", {"enum": list(METRICS)}), *metrics_params],
+            )
+        },
+        "/api/analytics/trends": {
+            "get": _op(
+                "Slope per day, change against the previous window, direction with p-value, "
+                "seasonality strength, per group",
+                "read",
+                {"200": _ok(_ref("TrendsAnswer"))},
+                [
+                    _q("metric", "A metric name", {"enum": list(METRICS)}),
+                    _q("window", "Default 7d"),
+                    *metrics_params[3:],
+                ],
+            )
+        },
+        "/api/analytics/forecast": {
+            "get": _op(
+                "Forecast with prediction intervals and its backtest",
+                "read",
+                {"200": _ok(_ref("ForecastAnswer"))},
+                [
+                    _q("metric", "A metric name", {"enum": list(METRICS)}),
+                    _q("horizon", "Default 7d"),
+                    _q("step", "Default 1h"),
+                    _q("levels", "Default 80,95"),
+                    _q("history", "Fitted history, default 30d"),
+                    *metrics_params[4:],
+                ],
+            )
+        },
+        "/api/analytics/anomalies": {
+            "get": _op(
+                "Points that break the learned pattern",
+                "read",
+                {"200": _ok(_ref("AnomaliesAnswer"))},
+                [
+                    _q("metric", "A metric name", {"enum": list(METRICS)}),
+                    _q("window", "Default 7d"),
+                    _q("step", "Default 1h"),
+                    _q("threshold", "Robust sigmas, default 4"),
+                    *metrics_params[4:],
+                ],
+            )
+        },
+        "/api/analytics/predictions": {
+            "get": _op(
+                "Month-end cost with interval, budget run-out, drain ETA per queue",
+                "read",
+                {"200": _ok(_ref("PredictionsAnswer"))},
+                [_q("level", "Interval level, default 80"), *metrics_params[4:]],
             )
         },
         "/api/auth/token": {

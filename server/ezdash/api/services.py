@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from ..analysis.pool import AnalyticsPool, ResultCache
 from ..keys import Keys
 from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.query import Reader
@@ -88,6 +89,8 @@ class Services:
     prices: PriceTable
     tiers: tuple[Tier, ...]
     metrics: Reader
+    pool: AnalyticsPool
+    cache: ResultCache
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     started: float = field(default_factory=time.time)
     draining: bool = False
@@ -125,6 +128,8 @@ class Services:
             prices=load_price_table(settings.prices_file),
             tiers=parse_tiers(settings.rollup_tiers),
             metrics=Reader(redis, make_redis(redis_url, 16, decode=False), keys.metrics),
+            pool=AnalyticsPool(settings.analytics_workers),
+            cache=ResultCache(),
         )
 
     async def redis_now_ms(self) -> int:
@@ -186,4 +191,5 @@ class Services:
                 await task
         self.background.clear()
         await self.metrics.raw.aclose()
+        await asyncio.to_thread(self.pool.close)
         await self.redis.aclose()

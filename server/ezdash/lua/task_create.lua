@@ -16,6 +16,7 @@ redis.call('ZADD', k('tasks'), now, id)
 redis.call('ZADD', k('tasks', 's', 'queued'), now, id)
 redis.call('ZADD', k('tasks', 'q', queue), now, id)
 enqueue(id, tkey)
+bump(k('q', queue, 'in', math.floor(now / 60000)), 900)
 task_event(maxlen, tkey)
 if idem ~= '' then redis.call('SET', idem, fp .. '|' .. id, 'PX', idem_ttl) end
 return {'ok', id, now}

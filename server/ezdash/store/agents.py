@@ -153,6 +153,18 @@ class AgentStore:
         )
         return n
 
+    async def count_by_status(self) -> dict[str, int]:
+        """Agents per derived status (every agent is read; a fleet of thousands is a
+        few pages of one script call each)."""
+        counts: dict[str, int] = {}
+        cursor: str | None = None
+        while True:
+            items, cursor = await self.page(limit=500, cursor=cursor)
+            for a in items:
+                counts[a["status"]] = counts.get(a["status"], 0) + 1
+            if cursor is None:
+                return counts
+
     async def count(self) -> int:
         n: int = await self.redis.zcard(self.keys.agent_ids)
         return n

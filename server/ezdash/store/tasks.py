@@ -10,7 +10,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ..ids import new_id
-from ..keys import FINISHED_STATUSES, GROUP, Keys
+from ..keys import FINISHED_STATUSES, GROUP, TASK_STATUSES, Keys
 from ..timeutil import format_ms
 from .paging import decode_cursor, encode_cursor
 from .scripts import Scripts
@@ -33,6 +33,15 @@ FIELDS = (
 )
 SCAN_BUDGET = 5000
 """Index entries one list request may examine; past it the page ends early with a cursor."""
+
+
+def drain_eta(depth: int, arrivals_per_min: float, service_per_min: float) -> float | None:
+    """Seconds until the queue is empty at the recent net rate; None if it is not
+    draining (0 when already empty)."""
+    if depth == 0:
+        return 0.0
+    net = service_per_min - arrivals_per_min
+    return round(depth / net * 60, 1) if net > 0 else None
 
 
 class NotFound(LookupError):
@@ -321,6 +330,14 @@ class TaskStore:
             return items, None
         return items, encode_cursor([last[0], last[1]], filters)
 
+    async def counts_since(self, since_ms: int) -> dict[str, int]:
+        """Tasks created since ``since_ms``, by their current status."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for status in TASK_STATUSES:
+                pipe.zcount(self.keys.tasks_by_status(status), since_ms, "+inf")
+            counts = await pipe.execute()
+        return dict(zip(TASK_STATUSES, (int(c) for c in counts), strict=True))
+
     async def queue_names(self) -> list[str]:
         return sorted(cast(set[str], await self.redis.smembers(self.keys.queues)))
 
@@ -334,11 +351,13 @@ class TaskStore:
                 pipe.zcard(self.keys.queue_running(q))
                 pipe.zrange(self.keys.queue_waiting(q), 0, 0, withscores=True)
                 pipe.mget([self.keys.queue_done(q, minute - i) for i in range(1, window + 1)])
+                pipe.mget([self.keys.queue_in(q, minute - i) for i in range(1, window + 1)])
             res = await pipe.execute()
         out = []
         for i, q in enumerate(names):
-            depth, running, oldest, done = res[4 * i : 4 * i + 4]
+            depth, running, oldest, done, arrived = res[5 * i : 5 * i + 5]
             per_min = sum(int(x or 0) for x in done) / window
+            in_min = sum(int(x or 0) for x in arrived) / window
             out.append(
                 {
                     "name": q,
@@ -348,7 +367,8 @@ class TaskStore:
                     if oldest
                     else 0.0,
                     "throughput_per_min": round(per_min, 2),
-                    "drain_eta_s": round(depth / per_min * 60, 1) if per_min > 0 else None,
+                    "arrivals_per_min": round(in_min, 2),
+                    "drain_eta_s": drain_eta(depth, in_min, per_min),
                 }
             )
         return out

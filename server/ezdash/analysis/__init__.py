@@ -1,0 +1,1 @@
+"""Running the analytics core for the API: worker processes, caching, JSON shapes."""

@@ -1,0 +1,473 @@
+"""Analytics over the rollups: history, trends, forecasts, anomalies, predictions, and
+the dashboard's front page (summary).  Fits run in worker processes, answers are
+cached by query and newest complete bucket (see ``ezdash.analysis.pool``)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analytics.loader import METRICS, load_plan
+
+from ..analysis import jobs
+from ..metrics.pricing import nanos_to_usd
+from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan
+from ..timeutil import format_ms, parse_duration
+from .errors import invalid
+from .metrics import FILTERS, MetricsHandler
+
+HOUR = 3_600_000
+DAY = 86_400_000
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [
+        None if (isinstance(v, float) and math.isnan(v)) else round(float(v), 9)
+        for v in values.tolist()
+    ]
+
+
+class AnalyticsHandler(MetricsHandler):
+    extra_params: tuple[str, ...] = ("metric",)
+
+    def metric(self) -> str:
+        metric = self.q_str("metric", choices=METRICS)
+        if metric is None:
+            raise invalid("metric", f"required; one of {', '.join(METRICS)}")
+        return metric
+
+    def filters(self) -> dict[str, str]:
+        return {f: v for f in FILTERS if (v := self.q_str(f, max_len=200)) is not None}
+
+    def window(self, name: str, default: str) -> tuple[int, str]:
+        seconds = self.q_duration(name, parse_duration(default))
+        assert seconds is not None
+        if seconds < 3600 or seconds % 3600:
+            raise invalid(name, "must be whole hours, at least 1h")
+        return int(seconds * 1000), f"{int(seconds // 3600)}h"
+
+    def plan_for(
+        self,
+        *,
+        start: int,
+        end: int,
+        step: int,
+        group_by: str = "none",
+        filters: dict[str, str],
+        now: int,
+        field: str = "step",
+    ) -> Plan:
+        try:
+            return plan(
+                self.services.tiers,
+                start_ms=start,
+                end_ms=end,
+                step_ms=step,
+                now_ms=now,
+                group_by=group_by,
+                filters=filters,
+            )
+        except QueryError as e:
+            raise invalid(e.field if e.field != "step" else field, str(e)) from None
+
+    async def run_job(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await self.services.pool.run(fn, *args)
+        except jobs.JobInputError as e:
+            raise invalid(e.field, e.message) from None
+
+
+class HistoryHandler(AnalyticsHandler):
+    async def get(self) -> None:
+        started = time.perf_counter()
+        metric = self.metric()
+        p, group_by = await self.plan()
+        frame = await load_plan(self.services.metrics, p, metric)
+        series = [
+            {
+                "group": {} if p.label is None else {p.label: str(col)},
+                "values": {metric: _nan_to_none(frame[col].to_numpy(dtype=float))},
+            }
+            for col in frame.columns
+        ]
+        self.write_json(
+            envelope(
+                p, group_by, series, {}, await self.services.metrics.as_of(), started, metric=metric
+            )
+        )
+
+
+class TrendsHandler(AnalyticsHandler):
+    extra_params = ("metric", "window")
+
+    async def get(self) -> None:
+        started = time.perf_counter()
+        self.check_query({"metric", "window", "group_by", *FILTERS})
+        metric = self.metric()
+        window_ms, window = self.window("window", "7d")
+        group_by = self.q_str("group_by", choices=("none", "agent", "model", "kind", "queue"))
+        group_by = group_by or "none"
+        svc = self.services
+        now = await svc.redis_now_ms()
+        step = HOUR if window_ms <= 30 * DAY else DAY
+        end = now // step * step  # complete buckets only
+        p = self.plan_for(
+            start=end - 2 * window_ms,
+            end=end,
+            step=step,
+            group_by=group_by,
+            filters=self.filters(),
+            now=now,
+            field="window",
+        )
+        key = ("trends", metric, window, group_by, tuple(sorted(self.filters().items())), end)
+        frame = await load_plan(svc.metrics, p, metric)
+
+        async def compute() -> list[dict[str, Any]]:
+            return list(await self.run_job(jobs.trends, frame, window))
+
+        items = await svc.cache.get(key, step / 1000, compute)
+        self.write_json(
+            {
+                "metric": metric,
+                "window": window,
+                "group_by": group_by,
+                "items": [
+                    {
+                        **{k: v for k, v in it.items() if k != "group"},
+                        "group": {} if p.label is None else {p.label: it["group"]},
+                    }
+                    for it in items
+                ],
+                "as_of": await svc.metrics.as_of(),
+                "stats": {
+                    "exec_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "buckets": p.buckets,
+                    "tier": p.tier.name,
+                },
+            }
+        )
+
+
+class ForecastHandler(AnalyticsHandler):
+    async def get(self) -> None:
+        started = time.perf_counter()
+        self.check_query({"metric", "horizon", "step", "levels", "history", *FILTERS})
+        metric = self.metric()
+        svc = self.services
+        step_s = self.q_duration("step", 3600.0)
+        assert step_s is not None
+        step = int(step_s * 1000)
+        horizon_ms, _ = self.window("horizon", "7d")
+        history_ms, _ = self.window("history", "30d")
+        if horizon_ms % step:
+            raise invalid("horizon", "must be a whole number of steps")
+        steps = horizon_ms // step
+        if steps > 2000:
+            raise invalid("horizon", f"is {steps} steps; at most 2000 (use a coarser step)")
+        levels = self.levels()
+        now = await svc.redis_now_ms()
+        end = now // step * step
+        p = self.plan_for(
+            start=end - history_ms, end=end, step=step, filters=self.filters(), now=now
+        )
+        frame = await load_plan(svc.metrics, p, metric)
+        series = (
+            frame.iloc[:, 0]
+            if len(frame.columns)
+            else pd.Series(np.zeros(p.buckets), index=frame.index)
+        )
+        if (
+            metric in ("cost_usd",)
+            or metric.endswith("tokens")
+            or metric in ("requests", "errors", "tasks_completed", "tasks_failed")
+        ):
+            series = series.fillna(0.0)
+        key = (
+            "forecast",
+            metric,
+            step,
+            horizon_ms,
+            history_ms,
+            levels,
+            tuple(sorted(self.filters().items())),
+            end,
+        )
+
+        async def compute() -> dict[str, Any]:
+            return dict(await self.run_job(jobs.forecast, series.astype(float), steps, levels))
+
+        result = await svc.cache.get(key, max(60.0, step / 1000), compute)
+        self.write_json(
+            {
+                "metric": metric,
+                "step": fmt_step(step),
+                "horizon": steps,
+                **result,
+                "history": {
+                    "t": [format_ms(p.start_ms + i * step) for i in range(p.buckets)],
+                    "values": _nan_to_none(series.to_numpy(dtype=float)),
+                },
+                "as_of": await svc.metrics.as_of(),
+                "stats": {
+                    "exec_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "buckets": p.buckets,
+                    "tier": p.tier.name,
+                },
+            }
+        )
+
+    def levels(self) -> tuple[float, ...]:
+        raw = self.get_query_argument("levels", "80,95")
+        try:
+            levels = tuple(sorted({float(x) for x in raw.split(",") if x.strip()}))
+        except ValueError:
+            raise invalid("levels", "comma-separated percentages, e.g. 80,95") from None
+        if not levels or len(levels) > 4 or any(not 0 < lv < 100 for lv in levels):
+            raise invalid("levels", "one to four percentages between 0 and 100")
+        return levels
+
+
+class AnomaliesHandler(AnalyticsHandler):
+    async def get(self) -> None:
+        started = time.perf_counter()
+        self.check_query({"metric", "window", "step", "threshold", *FILTERS})
+        metric = self.metric()
+        svc = self.services
+        window_ms, window = self.window("window", "7d")
+        step_s = self.q_duration("step", 3600.0)
+        assert step_s is not None
+        step = int(step_s * 1000)
+        raw = self.get_query_argument("threshold", "4")
+        try:
+            threshold = float(raw)
+        except ValueError:
+            raise invalid("threshold", "must be a number") from None
+        if not 2 <= threshold <= 20:
+            raise invalid("threshold", "must be between 2 and 20 (robust sigmas)")
+        now = await svc.redis_now_ms()
+        end = now // step * step
+        p = self.plan_for(
+            start=end - window_ms, end=end, step=step, filters=self.filters(), now=now
+        )
+        frame = await load_plan(svc.metrics, p, metric)
+        series = (
+            frame.iloc[:, 0]
+            if len(frame.columns)
+            else pd.Series(np.zeros(p.buckets), index=frame.index)
+        ).astype(float)
+        key = (
+            "anomalies",
+            metric,
+            step,
+            window_ms,
+            threshold,
+            tuple(sorted(self.filters().items())),
+            end,
+        )
+
+        async def compute() -> list[dict[str, Any]]:
+            return list(await self.run_job(jobs.anomalies, series, threshold))
+
+        items = await svc.cache.get(key, max(60.0, step / 1000), compute)
+        self.write_json(
+            {
+                "metric": metric,
+                "window": window,
+                "items": items,
+                "as_of": await svc.metrics.as_of(),
+                "stats": {
+                    "exec_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "buckets": p.buckets,
+                    "tier": p.tier.name,
+                },
+            }
+        )
+
+
+class PredictionsHandler(AnalyticsHandler):
+    async def get(self) -> None:
+        started = time.perf_counter()
+        self.check_query({"level", *FILTERS})
+        svc = self.services
+        raw = self.get_query_argument("level", "80")
+        try:
+            level = float(raw)
+        except ValueError:
+            raise invalid("level", "must be a percentage") from None
+        if not 0 < level < 100:
+            raise invalid("level", "must be between 0 and 100")
+        now = await svc.redis_now_ms()
+        result = await predictions(self, now, level)
+        result["queues"] = [
+            {
+                "name": q["name"],
+                "depth": q["depth"],
+                "arrivals_per_min": q["arrivals_per_min"],
+                "throughput_per_min": q["throughput_per_min"],
+                "drain_eta_s": q["drain_eta_s"],
+            }
+            for q in await svc.tasks.queue_stats(now)
+        ]
+        result["as_of"] = await svc.metrics.as_of()
+        result["stats"] = {"exec_ms": round((time.perf_counter() - started) * 1000, 3)}
+        self.write_json(result)
+
+
+async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, Any]:
+    """Month-end cost and budget run-out, from 30 days of complete hours."""
+    svc = h.services
+    end = now // HOUR * HOUR
+    month_start = int(
+        pd.Timestamp(end, unit="ms", tz="UTC").replace(day=1, hour=0).timestamp() * 1000
+    )
+    p = h.plan_for(start=end - 30 * DAY, end=end, step=HOUR, filters=h.filters(), now=now)
+    frame = await load_plan(svc.metrics, p, "cost_usd")
+    cost = (
+        frame.iloc[:, 0]
+        if len(frame.columns)
+        else pd.Series(np.zeros(p.buckets), index=frame.index)
+    ).astype(float)
+    month_cost = float(cost[cost.index >= pd.Timestamp(month_start, unit="ms", tz="UTC")].sum())
+    budget = svc.settings.monthly_budget_usd
+    key = ("predictions", level, budget, tuple(sorted(h.filters().items())), end)
+
+    async def compute() -> dict[str, Any]:
+        return dict(await h.run_job(jobs.predictions, cost, month_cost, budget, level))
+
+    return dict(await svc.cache.get(key, 300.0, compute))
+
+
+class SummaryHandler(AnalyticsHandler):
+    """The front page in one call, cached for EZ_SUMMARY_CACHE seconds."""
+
+    async def get(self) -> None:
+        self.check_query(())
+        svc = self.services
+        now = await svc.redis_now_ms()
+        key = ("summary", now // int(svc.settings.summary_cache * 1000))
+        body = await svc.cache.get(key, svc.settings.summary_cache, lambda: summary(self, now))
+        self.write_json(body)
+
+
+async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    svc = h.services
+    agents_task = asyncio.ensure_future(svc.agents.count_by_status())
+    queues_task = asyncio.ensure_future(svc.tasks.queue_stats(now))
+    tasks_task = asyncio.ensure_future(svc.tasks.counts_since(now - DAY))
+    day_start = now // DAY * DAY
+    month_start = int(
+        pd.Timestamp(now, unit="ms", tz="UTC")
+        .replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        .timestamp()
+        * 1000
+    )
+    today = plan(
+        svc.tiers,
+        start_ms=day_start,
+        end_ms=now + 1,
+        step_ms=DAY,
+        now_ms=now,
+        group_by="none",
+        filters={},
+    )
+    mtd = plan(
+        svc.tiers,
+        start_ms=month_start,
+        end_ms=now + 1,
+        step_ms=DAY,
+        now_ms=now,
+        group_by="none",
+        filters={},
+    )
+    hour = plan(
+        svc.tiers,
+        start_ms=now - HOUR,
+        end_ms=now,
+        step_ms=60_000,
+        now_ms=now,
+        group_by="none",
+        filters={},
+    )
+    names = ["input_tokens", "output_tokens", "cost_nanos"]
+    t_today, t_mtd, t_hour, lat = await asyncio.gather(
+        svc.metrics.counters(today, ["*"], names),
+        svc.metrics.counters(mtd, ["*"], names),
+        svc.metrics.counters(hour, ["*"], ["requests", "errors"]),
+        svc.metrics.histograms(hour, ["*"], "latency"),
+    )
+    merged: dict[int, int] = {}
+    for hist in lat["*"]:
+        for k, v in hist.items():
+            merged[k] = merged.get(k, 0) + v
+    (p95,) = percentiles([merged], (0.95,))[0]
+    requests = int(t_hour[("*", "requests")].sum())
+    errors = int(t_hour[("*", "errors")].sum())
+    cached_pred = svc.cache.peek(lambda k: k[0] == "predictions" and k[1] == 80.0 and k[3] == ())
+    spent_mtd = nanos_to_usd(int(t_mtd[("*", "cost_nanos")].sum()))
+    if cached_pred is not None:
+        projection = {**cached_pred["month_end_cost"], "method": "forecast"}
+    else:  # no fitted projection yet: run rate of the month so far, and fit in background
+        elapsed = max(1, now - month_start)
+        next_month = pd.Timestamp(month_start, unit="ms", tz="UTC") + pd.offsets.MonthBegin(1)
+        month_end = int(next_month.timestamp() * 1000)
+        projection = {
+            "spent": spent_mtd,
+            "projected": round(spent_mtd * (month_end - month_start) / elapsed, 6),
+            "lower": None,
+            "upper": None,
+            "method": "run_rate",
+        }
+        svc.spawn(_warm_predictions(h, now))
+    return {
+        "agents": await agents_task,
+        "queues": [
+            {"name": q["name"], "depth": q["depth"], "oldest_age_s": q["oldest_age_s"]}
+            for q in await queues_task
+        ],
+        "tasks_24h": await tasks_task,
+        "tokens": {
+            "today": int(
+                t_today[("*", "input_tokens")].sum() + t_today[("*", "output_tokens")].sum()
+            ),
+            "month_to_date": int(
+                t_mtd[("*", "input_tokens")].sum() + t_mtd[("*", "output_tokens")].sum()
+            ),
+        },
+        "cost_usd": {
+            "today": nanos_to_usd(int(t_today[("*", "cost_nanos")].sum())),
+            "month_to_date": spent_mtd,
+            "projected_month_end": projection,
+        },
+        "last_hour": {
+            "requests": requests,
+            "error_rate": round(errors / requests, 6) if requests else None,
+            "latency_p95_ms": p95,
+        },
+        "alerts": [],
+        "as_of": await svc.metrics.as_of(),
+        "stats": {"exec_ms": round((time.perf_counter() - started) * 1000, 3)},
+    }
+
+
+async def _warm_predictions(h: AnalyticsHandler, now: int) -> None:
+    try:
+        await predictions(h, now, 80.0)
+    except Exception:  # an empty or too-short history: the run rate stands
+        return
+
+
+default_handlers = [
+    (r"/api/summary", SummaryHandler),
+    (r"/api/analytics/history", HistoryHandler),
+    (r"/api/analytics/trends", TrendsHandler),
+    (r"/api/analytics/forecast", ForecastHandler),
+    (r"/api/analytics/anomalies", AnomaliesHandler),
+    (r"/api/analytics/predictions", PredictionsHandler),
+]
