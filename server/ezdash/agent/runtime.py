@@ -324,7 +324,9 @@ class Agent:
         for client in self._blocking:
             await client.aclose()
         self._blocking.clear()
-        if self.recorder is not None and not self._killed:
+        if self.recorder is not None and self._killed:
+            await self.recorder.abandon()
+        elif self.recorder is not None:
             try:
                 await self.recorder.close()  # what was recorded is written before we go
             except (RedisError, OSError) as e:

@@ -183,6 +183,16 @@ class UsageRecorder:
                 )
                 self._pending.pop(0)
 
+    async def abandon(self) -> None:
+        """Stop without writing (a simulated crash): what was not flushed is lost,
+        as it would be if the process died."""
+        tasks = [*self._flushes, *([self._task] if self._task else [])]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await t
+
     async def close(self) -> None:
         for f in list(self._flushes):
             with contextlib.suppress(Exception):
