@@ -9,9 +9,10 @@ offline from a CSV or Parquet export made with :func:`to_file`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from ezdash.metrics.rollup import DEFAULT_TIERS, Tier, parse_tiers
 from ezdash.timeutil import now_ms as wall_now_ms
 from ezdash.timeutil import parse_duration, parse_time
 
+T = TypeVar("T")
 COUNTER_METRICS = {
     "input_tokens": ("input_tokens",),
     "output_tokens": ("output_tokens",),
@@ -117,6 +119,17 @@ async def load_metric(
     return await load_plan(reader, p, metric), p
 
 
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, also where an event loop
+    is already running (a Jupyter kernel, a Panel server): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class RedisSource:
     """Synchronous access for notebooks and scripts::
 
@@ -139,7 +152,7 @@ class RedisSource:
         group_by: str = "none",
         **filters: str,
     ) -> pd.DataFrame:
-        return asyncio.run(self._load(metric, start, end, step, group_by, filters))
+        return run_sync(self._load(metric, start, end, step, group_by, filters))
 
     async def _load(
         self,
@@ -176,8 +189,11 @@ def to_file(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a loaded frame in the tidy long form (ts, group, value): CSV, or Parquet
     when the name ends in .parquet (needs pyarrow)."""
     path = Path(path)
-    tidy = frame.rename_axis(index="ts", columns="group").reset_index().melt(
-        id_vars="ts", var_name="group", value_name="value")
+    tidy = (
+        frame.rename_axis(index="ts", columns="group")
+        .reset_index()
+        .melt(id_vars="ts", var_name="group", value_name="value")
+    )
     if path.suffix == ".parquet":
         tidy.to_parquet(path, index=False)
     else:
