@@ -216,6 +216,12 @@ class Keys:
         return f"{self.base}:lock:maintenance"
 
 
+def seg(text: str) -> str:
+    """A free-form key segment (agent ids, model names, error types may hold ':')
+    with ':' and '%' percent-encoded, so no two groups or metrics share a key."""
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
 class MetricKeys:
     """Key names of the metrics rollups (layout explained in ``ezdash.metrics.rollup``).
 
@@ -226,10 +232,10 @@ class MetricKeys:
         self.base = base
 
     def counter(self, tier: str, dim: str, group: str, metric: str, chunk: int) -> str:
-        return f"{self.base}:m:{tier}:{dim}:{group}:{metric}:{chunk}"
+        return f"{self.base}:m:{tier}:{dim}:{seg(group)}:{seg(metric)}:{chunk}"
 
     def histogram(self, tier: str, dim: str, group: str, name: str, chunk: int) -> str:
-        return f"{self.base}:m:{tier}:{dim}:{group}:h:{name}:{chunk}"
+        return f"{self.base}:m:{tier}:{dim}:{seg(group)}:h:{name}:{chunk}"
 
     def groups(self, tier: str, dim: str, chunk: int) -> str:
         return f"{self.base}:m:{tier}:{dim}:groups:{chunk}"

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     # -- metrics ----------------------------------------------------------------------
     rollup_tiers: TierSpec = "1m:48h,1h:90d,1d:730d"
     prices_file: Path | None = Field(None, description="Price table overriding the shipped one.")
-    ingest_max_events: int = Field(5000, ge=1, le=100_000)
+    ingest_max_events: int = Field(2000, ge=1, le=100_000)
     backfill_days: int = Field(21, ge=0, le=730, description="History made on a first run.")
 
     # -- analytics --------------------------------------------------------------------

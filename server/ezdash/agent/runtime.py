@@ -259,7 +259,7 @@ class Agent:
                 "latency_ms": latency_ms,
                 "status": status,
                 "error_type": error_type,
-                "cost_usd": None if cost_usd is None else str(cost_usd),
+                "cost_usd": cost_usd,
             },
             strict=False,
         )

@@ -49,7 +49,7 @@ class AnalyticsHandler(MetricsHandler):
         assert seconds is not None
         if seconds < 3600 or seconds % 3600:
             raise invalid(name, "must be whole hours, at least 1h")
-        return int(seconds * 1000), f"{int(seconds // 3600)}h"
+        return int(seconds * 1000), fmt_step(int(seconds * 1000))
 
     def plan_for(
         self,
@@ -61,6 +61,7 @@ class AnalyticsHandler(MetricsHandler):
         filters: dict[str, str],
         now: int,
         field: str = "step",
+        from_field: str = "from",
     ) -> Plan:
         try:
             return plan(
@@ -73,7 +74,8 @@ class AnalyticsHandler(MetricsHandler):
                 filters=filters,
             )
         except QueryError as e:
-            raise invalid(e.field if e.field != "step" else field, str(e)) from None
+            name = {"step": field, "from": from_field}.get(e.field, e.field)
+            raise invalid(name, str(e)) from None
 
     async def run_job(self, fn: Any, *args: Any) -> Any:
         try:
@@ -124,6 +126,7 @@ class TrendsHandler(AnalyticsHandler):
             filters=self.filters(),
             now=now,
             field="window",
+            from_field="window",
         )
         key = ("trends", metric, window, group_by, tuple(sorted(self.filters().items())), end)
         frame = await load_plan(svc.metrics, p, metric)
@@ -174,7 +177,12 @@ class ForecastHandler(AnalyticsHandler):
         now = await svc.redis_now_ms()
         end = now // step * step
         p = self.plan_for(
-            start=end - history_ms, end=end, step=step, filters=self.filters(), now=now
+            start=end - history_ms,
+            end=end,
+            step=step,
+            filters=self.filters(),
+            now=now,
+            from_field="history",
         )
         frame = await load_plan(svc.metrics, p, metric)
         series = (
@@ -253,7 +261,12 @@ class AnomaliesHandler(AnalyticsHandler):
         now = await svc.redis_now_ms()
         end = now // step * step
         p = self.plan_for(
-            start=end - window_ms, end=end, step=step, filters=self.filters(), now=now
+            start=end - window_ms,
+            end=end,
+            step=step,
+            filters=self.filters(),
+            now=now,
+            from_field="window",
         )
         frame = await load_plan(svc.metrics, p, metric)
         series = (
@@ -315,7 +328,11 @@ class PredictionsHandler(AnalyticsHandler):
             for q in await svc.tasks.queue_stats(now)
         ]
         result["as_of"] = await svc.metrics.as_of()
-        result["stats"] = {"exec_ms": round((time.perf_counter() - started) * 1000, 3)}
+        result["stats"] = {
+            "exec_ms": round((time.perf_counter() - started) * 1000, 3),
+            "buckets": 30 * 24,
+            "tier": "1h",
+        }
         self.write_json(result)
 
 
@@ -452,7 +469,11 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
         },
         "alerts": [],
         "as_of": await svc.metrics.as_of(),
-        "stats": {"exec_ms": round((time.perf_counter() - started) * 1000, 3)},
+        "stats": {
+            "exec_ms": round((time.perf_counter() - started) * 1000, 3),
+            "buckets": today.buckets + mtd.buckets + hour.buckets,
+            "tier": ",".join(sorted({today.tier.name, mtd.tier.name, hour.tier.name})),
+        },
     }
 
 

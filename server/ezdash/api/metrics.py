@@ -9,7 +9,8 @@ import orjson
 from ..metrics.events import validate_batch
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import GROUP_DIMS, Plan, QueryError, envelope, percentiles, plan, ratio
-from ..metrics.recorder import Batch, write_batch
+from ..metrics.recorder import Batch, BatchMismatch, write_batch
+from ..store.tasks import fingerprint
 from .base import APIHandler
 from .errors import Problem, invalid
 
@@ -286,9 +287,23 @@ class IngestUsageHandler(APIHandler):
             batch.add_event(ev, kind=kind, queue=queue)
         key = self.idempotency_key()
         batch_id = f"{self.principal.id}:{key}" if key else ""
-        applied = await write_batch(
-            svc.redis, svc.scripts, svc.keys, batch, now_ms=now, batch_id=batch_id
-        )
+        try:
+            applied = await write_batch(
+                svc.redis,
+                svc.scripts,
+                svc.keys,
+                batch,
+                now_ms=now,
+                batch_id=batch_id,
+                dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
+                fingerprint=fingerprint(items),
+            )
+        except BatchMismatch:
+            raise Problem(
+                422,
+                "Idempotency-Key was already used for a different batch",
+                type="idempotency-mismatch",
+            ) from None
         if not applied:
             self.set_header("Idempotent-Replayed", "true")
         self.audit_detail = f"events={len(events)}"

@@ -20,7 +20,6 @@ local budget = 200  -- stale entries skipped per call, so one call never runs lo
 for _, c in ipairs(candidates) do
   local stream = c[3]
   while budget > 0 do
-    budget = budget - 1
     local res = redis.call('XREADGROUP', 'GROUP', GROUP, agent, 'COUNT', 1, 'STREAMS', stream, '>')
     if not res then break end
     local e = res[1][2][1]
@@ -42,6 +41,7 @@ for _, c in ipairs(candidates) do
       return {'task', id, t[1], t[2], t[3], t[4], t[5], t[6], eid}
     end
     forget_entry(stream, eid)
+    budget = budget - 1  -- only skipped stale entries use up the budget
   end
 end
 if budget <= 0 then return {'again'} end

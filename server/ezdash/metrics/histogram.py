@@ -9,7 +9,7 @@ or servers merge by adding counts: ingest does ``HINCRBY hist <bucket> 1``.
 
 ALPHA = 0.02: the dashboard promises p50/p95/p99 within 5%, and 2% leaves room
 for floating-point error at bucket edges and for interpolation (see
-:func:`quantiles`) while keeping the bucket count modest (about 25 buckets per
+:func:`quantiles`) while keeping the bucket count modest (about 17 buckets per
 doubling of latency; a typical minute of one agent touches a few dozen).
 
 Bucket 0 holds 0 and everything up to ``MIN_MS`` (1 microsecond) and reads back

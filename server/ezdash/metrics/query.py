@@ -81,6 +81,12 @@ def plan(
         ]
         step_ms = fitting[0] if fitting else NICE_STEPS_MS[-1]
     tier = _tier_for(tiers, step_ms, start_ms, now_ms)
+    if tier is None and start_ms < now_ms - tiers[-1].retention_ms:
+        raise QueryError(
+            "from",
+            f"is older than the longest retention "
+            f"({fmt_step(tiers[-1].retention_ms)}); nothing is kept that far back",
+        )
     if tier is None:
         dividing = [t for t in tiers if step_ms % t.step_ms == 0]
         if not dividing:

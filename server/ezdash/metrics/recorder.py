@@ -82,6 +82,10 @@ class Batch:
         return len(self.agg)
 
 
+class BatchMismatch(Exception):
+    """A batch id (Idempotency-Key) was used before for a different batch."""
+
+
 async def write_batch(
     redis: Redis,
     scripts: Scripts,
@@ -91,16 +95,28 @@ async def write_batch(
     now_ms: int,
     batch_id: str = "",
     dedupe_ttl_ms: int = 86_400_000,
+    fingerprint: str = "",
 ) -> bool:
     """Apply a batch atomically.  With a batch id a repeat is recognised and skipped
-    (returns False), so a client may safely retry after a timeout."""
+    (returns False), so a client may safely retry after a timeout; a repeat whose
+    fingerprint differs raises BatchMismatch."""
     mk = keys.metrics
-    args: list[Any] = [keys.base, dedupe_ttl_ms, batch.agg.newest]
+    args: list[Any] = [
+        keys.base,
+        mk.dedupe(batch_id) if batch_id else "",
+        dedupe_ttl_ms,
+        fingerprint,
+        batch.agg.newest,
+    ]
     if batch.raw:
         args += ["X", mk.raw, RAW_MAXLEN, len(batch.raw), *batch.raw]
     args += batch.agg.ops(mk, now_ms)
-    done = await scripts.run("metrics_apply", [mk.dedupe(batch_id) if batch_id else ""], args)
-    return bool(done)
+    res = await scripts.run("metrics_apply", [mk.as_of], args)
+    if res[0] == "seen":
+        if res[1] != fingerprint:
+            raise BatchMismatch(batch_id)
+        return False
+    return True
 
 
 class UsageRecorder:
