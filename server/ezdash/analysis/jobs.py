@@ -9,8 +9,6 @@ server process stays responsive while fits run.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from typing import Any
 
 import pandas as pd
@@ -25,14 +23,6 @@ from analytics import (
 )
 
 from ..timeutil import format_ms
-
-
-def init_worker() -> None:
-    """Lower the worker's priority: the server process, which answers health checks
-    and dashboards, comes first.  (BLAS threads are capped through the environment
-    the pool sets before spawning, since numpy reads it at import.)"""
-    os.nice(5)
-    warnings.filterwarnings("ignore", category=RuntimeWarning)  # see _quiet
 
 
 def ts(t: pd.Timestamp) -> str | None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from .jobs import init_worker
+from .worker import init_worker
 
 T = TypeVar("T")
 
