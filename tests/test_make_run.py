@@ -60,7 +60,14 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
         for k, v in os.environ.items()
         if not k.startswith(("EZ_", "VIRTUAL_ENV")) and k != "REDIS_URL"
     }
-    env.update({"EZ_PORT": str(port), "EZ_DEMO_AGENTS": "3", "EZ_HEARTBEAT_INTERVAL": "1"})
+    env.update(
+        {
+            "EZ_PORT": str(port),
+            "EZ_DEMO_AGENTS": "3",
+            "EZ_HEARTBEAT_INTERVAL": "1",
+            "EZ_BACKFILL_DAYS": "2",
+        }
+    )
     log = (tmp_path / "make-run.log").open("w")
     proc = subprocess.Popen(
         ["make", "run"],
@@ -92,6 +99,15 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
             agents = body["items"] if isinstance(body, dict) else []
             time.sleep(0.2)
         assert len(agents) == 3 and all(str(a["id"]).startswith("demo-") for a in agents)
+        # an empty store gets history at once: two days of the fleet's usage
+        cost: object = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _, cost = _get(base + "/metrics/costs?from=now-2d&step=1h", key)
+            if isinstance(cost, dict) and cost["totals"]["cost_usd"] > 0:
+                break
+            time.sleep(0.5)
+        assert isinstance(cost, dict) and cost["totals"]["cost_usd"] > 0
         assert (work / ".venv" / "bin" / "ezdash").exists()
         assert any((work / ".data" / "redis" / "appendonlydir").iterdir())
     finally:

@@ -44,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by id, at once on every instance")
     kr.add_argument("id")
 
+    b = sub.add_parser("backfill", help="write realistic usage history into the rollups")
+    _common(b)
+    b.add_argument("--data-dir", help="where the embedded Redis keeps its data")
+    b.add_argument("--days", type=float, default=30.0, help="days of history (default 30)")
+    b.add_argument("--agents", type=int, default=100, help="agents (default 100)")
+    b.add_argument("--seed", type=int, default=1)
+
     d = sub.add_parser("demo", help="run a fleet of simulated agents against a Redis")
     _common(d)
     d.add_argument("--agents", type=int, default=None, help="how many (default EZ_DEMO_AGENTS)")
@@ -86,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .keyscli import run_keys
 
         return asyncio.run(run_keys(settings, args))
+    if args.command == "backfill":
+        if args.days <= 0 or args.agents <= 0:
+            print("ezdash backfill: --days and --agents must be positive", file=sys.stderr)
+            return 2
+        asyncio.run(_backfill(settings, args.days, args.agents, args.seed))
+        return 0
     if args.command == "demo":
         if not settings.redis_url:
             print("ezdash demo: set REDIS_URL or --redis-url", file=sys.stderr)
@@ -94,6 +107,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_demo(settings, n, args.speed, not args.no_producer))
         return 0
     return 2
+
+
+async def _backfill(settings: Settings, days: float, agents: int, seed: int) -> None:
+    from .cliutil import redis_for
+    from .metrics.backfill import backfill
+    from .metrics.pricing import load_price_table
+
+    async with redis_for(settings) as url:
+        summary = await backfill(
+            url,
+            days=days,
+            agents=agents,
+            prefix=settings.redis_prefix,
+            tiers=settings.rollup_tiers,
+            prices=load_price_table(settings.prices_file),
+            seed=seed,
+            progress=True,
+        )
+    print(
+        f"backfilled {summary.get('calls', 0):,} calls, "
+        f"{summary.get('cost_usd', 0):,.2f} USD in {summary.get('seconds', 0):.1f} s"
+    )
 
 
 async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None:

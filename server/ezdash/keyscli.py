@@ -1,51 +1,16 @@
-"""``ezdash keys``: API key administration from a shell, straight against Redis.
-
-With no REDIS_URL it uses the embedded Redis of the data directory: the running
-one if ``ezdash serve`` holds it, otherwise it starts it just for this command.
-"""
+"""``ezdash keys``: API key administration from a shell, straight against Redis."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import redis as sync_redis
 
 from .api.services import make_redis
+from .cliutil import redis_for
 from .keys import Keys
-from .redis_server import RedisServer
 from .security.apikeys import SCOPES, KeyStore
 from .security.secrets import load_secrets
-from .serve import DataDirBusy, lock_data_dir
 from .settings import Settings
-
-
-@contextlib.asynccontextmanager
-async def redis_for(settings: Settings) -> AsyncIterator[str]:
-    if settings.redis_url:
-        yield settings.redis_url
-        return
-    data_dir = Path(settings.data_dir)
-    try:
-        lock = lock_data_dir(data_dir)
-    except DataDirBusy:
-        url = (data_dir / "redis.url").read_text().strip()
-        probe = sync_redis.Redis.from_url(url)
-        try:
-            probe.ping()
-        finally:
-            probe.close()
-        yield url
-        return
-    server = RedisServer(data_dir / "redis")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        lock.close()
 
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:

@@ -51,6 +51,29 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+async def first_run_history(services: Services) -> None:
+    """An empty store gets a few weeks of the demo fleet's history, so every chart has
+    data at once; written in the background while the server already answers."""
+    from .metrics.backfill import backfill
+
+    s = services.settings
+    print(f"empty metrics store: backfilling {s.backfill_days} days of demo history...", flush=True)
+    summary = await backfill(
+        services.redis,
+        days=s.backfill_days,
+        agents=max(s.demo_agents, 12),
+        prefix=s.redis_prefix,
+        tiers=services.tiers,
+        prices=services.prices,
+        progress=True,
+    )
+    print(
+        f"backfill done: {summary.get('calls', 0):,} calls, "
+        f"{summary.get('cost_usd', 0):,.2f} USD of history",
+        flush=True,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -87,6 +110,12 @@ async def serve(
         port = sockets[0].getsockname()[1]
         services.start_background()
         services.spawn(services.pool.warm_up())  # fits answer fast from the first request
+        if settings.backfill_days > 0 and not await services.redis.exists(
+            services.keys.metrics.as_of
+        ):
+            services.background.append(  # cancelled, not awaited, at shutdown
+                asyncio.create_task(first_run_history(services), name="first-run-history")
+            )
         if settings.demo_agents > 0:
             env = {**os.environ, "REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
             demo = await asyncio.create_subprocess_exec(
