@@ -178,7 +178,9 @@ def render(rows: list[Row]) -> str:
         "in percent. Coverage is the share of held-out points inside the 80% / 95%",
         "intervals. Time is one `fit()` + `forecast()` (backtest included), averaged.",
         "Equal MASE columns mean the backtest chose the seasonal naive itself, which",
-        "is the designed fallback when nothing beats it on the history.",
+        "is the designed fallback when nothing beats it on the history. `mean(a, b)`",
+        "is the equal-weight combination of two candidates, chosen when it scored",
+        "best in the backtest (up to 8 origins on long histories, 3 otherwise).",
         "",
         "Calendar data (monthly, yearly) is laid on a regular daily index with the",
         "period passed as `periods=(12,)` etc.; weekly co2 and hourly electricity use",
@@ -231,7 +233,8 @@ def render_speed(seconds: list[float]) -> str:
         [
             "## Speed",
             "",
-            "Fit (3-origin backtest of 6 candidates included) + 168-step forecast of a",
+            "Fit (3-origin backtest of 6 candidates and 4 combinations included) +",
+            "168-step forecast of a",
             f"720-point hourly series, {len(arr)} synthetic series, one process:",
             f"median {np.median(arr):.2f} s, p90 {np.percentile(arr, 90):.2f} s, "
             f"max {arr.max():.2f} s per series.",

@@ -88,6 +88,49 @@ def origins_for(n: int, horizon: int, folds: int, min_train: int) -> list[int]:
     return [o for o in out if o >= min_train]
 
 
+@dataclass
+class BacktestRun:
+    """Everything a backtest measured, kept so combinations can be scored without refits.
+
+    ``preds`` and ``sds`` hold each candidate's point path (clipped when
+    nonnegative) and unscaled standard deviation at every origin, aligned with
+    ``actuals`` and ``scales`` (the MASE scale of each origin's history).
+    """
+
+    scores: dict[str, CandidateScore]
+    zscores: dict[str, list[FloatArray]]
+    origins: int
+    names: dict[str, str] = field(default_factory=dict)
+    preds: dict[str, list[FloatArray]] = field(default_factory=dict)
+    sds: dict[str, list[FloatArray]] = field(default_factory=dict)
+    actuals: list[FloatArray] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+
+    def score(self, key: str, preds: list[FloatArray], sds: list[FloatArray], name: str) -> None:
+        """Score a forecast given at every origin (e.g. a combination) and record it."""
+        mases: list[float] = []
+        smapes: list[float] = []
+        zs: list[FloatArray] = []
+        for actual, scale, pred, sd_all in zip(self.actuals, self.scales, preds, sds, strict=True):
+            ok = ~np.isnan(actual)
+            if not ok.any():
+                continue
+            mases.append(mase(actual[ok], pred[ok], scale))
+            smapes.append(smape(actual[ok], pred[ok]))
+            sd = sd_all[ok]
+            err = actual[ok] - pred[ok]
+            zs.append(np.divide(err, sd, out=np.zeros_like(err), where=sd > 0))
+        if not mases:
+            return
+        self.scores[key] = CandidateScore(
+            name, float(np.mean(mases)), float(np.mean(smapes)), len(mases)
+        )
+        self.zscores[key] = zs
+        self.names[key] = name
+        self.preds[key] = preds
+        self.sds[key] = sds
+
+
 def run_backtest(
     raw: FloatArray,
     candidates: list[Candidate],
@@ -95,46 +138,35 @@ def run_backtest(
     folds: int,
     scale_period: int,
     nonnegative: bool,
-) -> tuple[dict[str, CandidateScore], dict[str, list[FloatArray]], int]:
+) -> BacktestRun:
     """Score each candidate on every origin it has enough history for.
 
     Returns the scores, each candidate's standardised errors (for interval
-    calibration) and the number of origins used. A candidate that cannot run on
-    every origin is left out, so all scores compare like with like.
+    calibration), the number of origins used and the per-origin forecasts. A
+    candidate that cannot run on every origin is left out, so all scores compare
+    like with like.
     """
     min_train = max(3, min(c.min_train for c in candidates))
     origins = origins_for(len(raw), horizon, folds, min_train)
-    scores: dict[str, CandidateScore] = {}
-    zscores: dict[str, list[FloatArray]] = {}
+    run = BacktestRun({}, {}, len(origins))
     if not origins:
-        return scores, zscores, 0
+        return run
+    trains = [fill_gaps(raw[:origin]) for origin in origins]
+    run.actuals = [raw[origin : origin + horizon] for origin in origins]
+    run.scales = [mase_scale(train, scale_period) for train in trains]
     for cand in candidates:
         if any(o < cand.min_train for o in origins):
             continue
-        mases: list[float] = []
-        smapes: list[float] = []
-        zs: list[FloatArray] = []
+        preds: list[FloatArray] = []
+        sds: list[FloatArray] = []
         name = cand.key
-        for origin in origins:
-            train = fill_gaps(raw[:origin])
-            actual = raw[origin : origin + horizon]
+        for train in trains:
             fitted = cand.fit(train)
             name = fitted.name
             pred = fitted.mean(horizon)
             if nonnegative:
                 pred = np.maximum(pred, 0.0)
-            ok = ~np.isnan(actual)
-            if not ok.any():
-                continue
-            mases.append(mase(actual[ok], pred[ok], mase_scale(train, scale_period)))
-            smapes.append(smape(actual[ok], pred[ok]))
-            sd = fitted.sd(horizon)[ok]
-            err = actual[ok] - pred[ok]
-            zs.append(np.divide(err, sd, out=np.zeros_like(err), where=sd > 0))
-        if not mases:
-            continue
-        scores[cand.key] = CandidateScore(
-            name, float(np.mean(mases)), float(np.mean(smapes)), len(mases)
-        )
-        zscores[cand.key] = zs
-    return scores, zscores, len(origins)
+            preds.append(pred)
+            sds.append(fitted.sd(horizon))
+        run.score(cand.key, preds, sds, name)
+    return run

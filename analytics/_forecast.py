@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from analytics._backtest import Backtest, Candidate, run_backtest
+from analytics._backtest import Backtest, BacktestRun, Candidate, run_backtest
 from analytics._models import (
     Fitted,
+    combine,
     fit_decomposed_ets,
     fit_drift,
     fit_naive,
@@ -73,6 +74,46 @@ def _calibration(latest_fold: FloatArray, train_share: float) -> float:
     factor = float(np.quantile(np.abs(z), 0.8) / norm.ppf(0.9))
     adjusted = np.sqrt(max(0.0, 1.0 + (factor**2 - 1.0) * train_share))
     return float(np.clip(adjusted, 0.5, 4.0))
+
+
+def _add_combinations(run: BacktestRun, order: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """Score equal-weight means of a decomposition model and a seasonal naive.
+
+    Averaging a smoothed-cycle model with the raw last cycle usually beats both
+    where either one alone is hard to choose: their errors are far from
+    perfectly correlated. Only these pairs are tried (wider pools overfit the
+    few backtest origins), and with no extra fits: every member's per-origin
+    forecast is already stored. Returns the key of each pair scored and its
+    members, the decomposition model first.
+    """
+    finite = [k for k in run.scores if np.isfinite(run.scores[k].mase)]
+    smooth = [k for k in finite if k.startswith(("stl_ets(", "ets"))]
+    seasonal = [k for k in finite if k.startswith("seasonal_naive(")]
+    out: dict[str, tuple[str, ...]] = {}
+    for members in ((a, b) for a in smooth for b in seasonal):
+        name = f"mean({', '.join(run.names[k] for k in members)})"
+        preds = [np.mean(ps, axis=0) for ps in zip(*(run.preds[k] for k in members), strict=True)]
+        sds = [np.mean(ss, axis=0) for ss in zip(*(run.sds[k] for k in members), strict=True)]
+        key = f"mean({', '.join(members)})"
+        run.score(key, preds, sds, name)
+        out[key] = members
+    return out
+
+
+EXTRA_FOLDS_UP_TO = 8
+
+
+def _fold_count(n: int, horizon: int, folds: int, min_train: int) -> int:
+    """More backtest origins when the history is long relative to the horizon.
+
+    Three origins are thin evidence for choosing among close candidates; when
+    the earliest of up to ``EXTRA_FOLDS_UP_TO`` origins (half a horizon apart)
+    still leaves three horizons and every candidate's minimum history, use them.
+    """
+    stride = max(1, horizon // 2)
+    floor = max(3 * horizon, min_train)
+    fit = (n - horizon - floor) // stride + 1
+    return max(folds, min(EXTRA_FOLDS_UP_TO, fit))
 
 
 @dataclass(frozen=True)
@@ -163,9 +204,15 @@ class Forecaster:
     """Choose among naive, seasonal naive, drift and STL/MSTL + ETS by backtest.
 
     Candidates are scored by MASE over a rolling-origin backtest (``folds``
-    origins half a horizon apart); the lowest wins, ties going to the simpler
-    model. Intervals are normal, from each model's own variance formula, rescaled
-    by how far off the latest backtest fold actually was.
+    origins half a horizon apart, up to 8 when the history is long enough to
+    leave three horizons before the earliest); the lowest wins, ties going to the
+    simpler model. Equal-weight means of each decomposition model with each
+    seasonal naive are scored too, from the stored backtest forecasts, and win
+    when they beat every single model (``model`` then reads
+    ``"mean(stl_ets(...), seasonal_naive(12))"``). Intervals are normal, from
+    each model's own variance formula (a mean's uses the mean of its members'
+    standard deviations), rescaled by how far off the latest backtest fold
+    actually was.
 
     ``horizon`` is the number of steps the backtest scores (default: the longest
     usable season, so an hourly series is judged on a week ahead); ``forecast``
@@ -233,24 +280,32 @@ class Forecaster:
         bt_horizon = min(horizon, max(1, n // 3))
         cands = self._candidates(raw, usable)
         scale_period = min(usable) if usable else 1
-        scores, zscores, origins = run_backtest(
-            raw, cands, bt_horizon, self.folds, scale_period, self.nonnegative
-        )
+        folds = _fold_count(n, bt_horizon, self.folds, max(c.min_train for c in cands))
+        run = run_backtest(raw, cands, bt_horizon, folds, scale_period, self.nonnegative)
         by_key = {c.key: c for c in cands}
+        scores = run.scores
         if scores:
-            # Ties go to the simpler model: candidates are listed simplest first.
+            # Ties go to the simpler model: candidates are listed simplest first,
+            # combinations after all single models.
             order = {c.key: i for i, c in enumerate(cands)}
+            members = _add_combinations(run, order)
+            order.update({k: len(order) + i for i, k in enumerate(members)})
             key = min(scores, key=lambda k: (scores[k].mase, order[k]))
             chosen = scores[key]
-            scale = _calibration(zscores[key][0], (n - bt_horizon) / n)
-            bt = Backtest(bt_horizon, origins, chosen.mase, chosen.smape, scores, scale)
+            scale = _calibration(run.zscores[key][0], (n - bt_horizon) / n)
+            bt = Backtest(bt_horizon, run.origins, chosen.mase, chosen.smape, scores, scale)
         else:
             # Too short to hold anything out: the seasonal naive if a cycle fits,
             # which is the forecast a person would sketch by hand.
             key = f"seasonal_naive({scale_period})"
             key = key if key in by_key else "naive"
+            members = {}
             bt = Backtest(bt_horizon, 0, float("nan"), float("nan"), {}, 1.0)
-        fitted = by_key[key].fit(fill_gaps(raw))
+        filled = fill_gaps(raw)
+        if key in members:
+            fitted = combine([by_key[k].fit(filled) for k in members[key]])
+        else:
+            fitted = by_key[key].fit(filled)
         return ForecastResult(
             model=fitted.name,
             step=self.step,

@@ -10,7 +10,7 @@ simulation, which keeps a fit well inside the per-series time budget.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ class Fitted:
     path: Callable[[int], FloatArray]
     weights: Callable[[int], FloatArray]
     extra: Callable[[int], FloatArray] | None = field(default=None)
+    parts: tuple[Fitted, ...] = field(default=())
 
     def mean(self, steps: int) -> FloatArray:
         return self.path(steps)
@@ -40,6 +41,9 @@ class Fitted:
 
     def sd(self, steps: int) -> FloatArray:
         """Forecast standard deviation for steps 1..steps (unscaled)."""
+        if self.parts:
+            sd: FloatArray = np.mean([p.sd(steps) for p in self.parts], axis=0)
+            return sd
         psi = self.psi(steps)
         var = self.sigma**2 * (1.0 + np.concatenate(([0.0], np.cumsum(psi[: steps - 1] ** 2))))
         if self.extra is not None:
@@ -53,6 +57,9 @@ class Fitted:
         1 + C_{k-i} where C is the running sum of c; summing squares over i gives
         the variance. Quadratic in ``steps``, which is fine for a few thousand.
         """
+        if self.parts:
+            cum: FloatArray = np.mean([p.cumulative_sd(steps) for p in self.parts], axis=0)
+            return cum
         psi = self.psi(steps)
         big_c = np.concatenate(([0.0], np.cumsum(psi[: steps - 1])))  # C_0..C_{steps-1}
         # var_k = sigma^2 * sum_{m=0}^{k-1} (1 + C_m)^2
@@ -61,6 +68,25 @@ class Fitted:
             # Drift's slope uncertainty is fully correlated across steps.
             var = var + np.cumsum(np.sqrt(self.extra(steps))) ** 2
         return np.sqrt(var)
+
+
+def combine(parts: Sequence[Fitted]) -> Fitted:
+    """Equal-weight mean of several forecasts.
+
+    The standard deviation is the mean of the parts' (for the marginal and for the
+    running total), an upper bound on that of the mean whatever the correlation of
+    their errors, so the combination's intervals err on the wide side before the
+    backtest calibration rescales them.
+    """
+    parts = tuple(parts)
+    name = f"mean({', '.join(p.name for p in parts)})"
+
+    def path(steps: int) -> FloatArray:
+        out: FloatArray = np.mean([p.mean(steps) for p in parts], axis=0)
+        return out
+
+    sigma = float(np.mean([p.sigma for p in parts]))
+    return Fitted(name, sigma, path, lambda steps: np.zeros(steps), parts=parts)
 
 
 def _rms(values: FloatArray) -> float:

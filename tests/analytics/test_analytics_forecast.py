@@ -3,6 +3,8 @@ import pandas as pd
 import pytest
 
 from analytics import AnalyticsInputError, Forecaster, ForecastResult
+from analytics._forecast import _fold_count
+from analytics._models import combine, fit_drift, fit_seasonal_naive
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +160,44 @@ def test_daily_step_uses_weekly_cycle():
     frame = res.forecast(14)
     weekend = frame["mean"][pd.DatetimeIndex(frame.index).day_of_week >= 5]
     assert (weekend < 80).all()
+
+
+def test_combinations_are_scored_in_the_backtest(fitted):
+    _, res = fitted
+    scores = res.backtest.scores
+    for key in (
+        "mean(stl_ets(24), seasonal_naive(24))",
+        "mean(stl_ets(24,168), seasonal_naive(168))",
+    ):
+        assert key in scores and scores[key].folds == 3
+        assert scores[key].model.startswith("mean(stl_ets(")
+
+
+def test_combine_averages_paths_and_is_conservative_on_spread():
+    y = np.sin(np.arange(120) * 2 * np.pi / 12) + np.arange(120) * 0.1
+    parts = [fit_seasonal_naive(y, period=12), fit_drift(y)]
+    both = combine(parts)
+    assert both.name == "mean(seasonal_naive(12), drift)"
+    np.testing.assert_allclose(both.mean(30), (parts[0].mean(30) + parts[1].mean(30)) / 2)
+    np.testing.assert_allclose(both.sd(30), (parts[0].sd(30) + parts[1].sd(30)) / 2)
+    cum = both.cumulative_sd(30)
+    np.testing.assert_allclose(cum, (parts[0].cumulative_sd(30) + parts[1].cumulative_sd(30)) / 2)
+
+
+def test_long_histories_get_more_folds():
+    assert _fold_count(720, 168, 3, 336) == 3  # hourly month: the speed budget case
+    assert _fold_count(700, 24, 3, 24) == 8
+    assert _fold_count(100, 24, 3, 24) == 3
+    assert _fold_count(100, 24, 5, 24) == 5  # never fewer than asked
+
+
+def test_monthly_combination_forecast_is_used_end_to_end():
+    idx = pd.date_range("2000-01-01", periods=240, freq="D", tz="UTC")
+    rng = np.random.default_rng(11)
+    t = np.arange(240)
+    y = 100 + 10 * np.sin(2 * np.pi * t / 12) + np.cumsum(rng.normal(0, 1.5, 240))
+    res = Forecaster(pd.Series(y, idx), horizon=24, periods=(12,)).fit()
+    assert res.backtest.origins == 8
+    assert "mean(stl_ets(12), seasonal_naive(12))" in res.backtest.scores
+    frame = res.forecast(24)
+    assert frame["mean"].notna().all() and (frame["lower_95"] <= frame["upper_95"]).all()
