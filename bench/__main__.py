@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import argparse
 
-from . import bench_api, bench_auth
+from . import bench_api, bench_auth, bench_forecast, bench_metrics, bench_summary
 from .common import record
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench")
     p.add_argument("--record", action="store_true", help="append results to docs/benchmarks.md")
-    p.add_argument("--only", choices=["api", "auth"], help="run one benchmark")
+    p.add_argument(
+        "--only",
+        choices=["api", "auth", "metrics", "summary", "forecast"],
+        help="run one benchmark",
+    )
     args = p.parse_args()
     if args.only in (None, "api"):
         bench_api.run()
     if args.only in (None, "auth"):
         bench_auth.run()
+    if args.only in (None, "metrics"):
+        bench_metrics.run()
+    if args.only in (None, "summary"):
+        bench_summary.run()
+    if args.only in (None, "forecast"):
+        bench_forecast.run()
     if args.record:
         record("make bench")
 

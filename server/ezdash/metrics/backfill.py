@@ -22,8 +22,17 @@ made-up events.  So nothing here goes through the raw stream:
 3. Each tier is written from the cells summed to its own step, and only for
    buckets inside its retention (``Aggregator.ops`` drops only whole expired
    chunks, and a 1m chunk is a day: minutes up to 72 h old would otherwise land in
-   the 1m tier), through ``Aggregator.add_bulk`` and ``write_batch``: one script
-   call per tier and slice of time, a few of them in flight at once.
+   the 1m tier).  Batches go through ``write_batch`` and the ``metrics_apply``
+   script like any ingest, but their records are built by :class:`CellAggregator`
+   with array operations: ``Aggregator.ops`` loops over cells, dimensions and
+   metrics in Python, which alone took longer than Redis.  The tests prove the two
+   write the same records (the plain ``Aggregator`` filled through ``add_bulk``).
+4. Batches split the per-agent dimensions by groups of agents and the shared ones
+   by slices of time, so each key gets about one record per day, and three script
+   calls are in flight while the next is encoded (with hiredis, for a URL).
+
+On this machine 30 days of 100 agents (4.3M calls) take about 70 s, nearly all of
+it Redis running the script: some 15M histogram fields, one HINCRBY each.
 
 The history is additive: running it twice doubles it, and live usage recorded
 meanwhile adds on top.  Backfilled agents are history only (nothing registers
@@ -217,7 +226,8 @@ def fleet(n: int, seed: int) -> list[FleetAgent]:
     rng = np.random.default_rng([seed, 17])
     out = []
     for agent_id, kind, cfg in fleet_configs(n, prefix="ez", heartbeat=5.0, visibility=60.0):
-        model = MODEL_SUBSTITUTES.get(cfg.model or "", cfg.model or kind.models[0])
+        named = cfg.model or kind.models[0]
+        model = MODEL_SUBSTITUTES.get(named, named)
         out.append(
             FleetAgent(
                 agent_id,
@@ -742,6 +752,8 @@ class LabelTable:
 
 
 def _interleave(left: npt.NDArray[Any], right: npt.NDArray[Any]) -> list[Any]:
+    """``[l0, r0, l1, r1, ...]`` as Python ints: the (offset, value) and (field,
+    count) pairs of a record, built in one numpy pass instead of per element."""
     return np.column_stack((left, right)).ravel().tolist()
 
 
