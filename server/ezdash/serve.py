@@ -51,7 +51,7 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-async def first_run_history(services: Services) -> None:
+async def first_run_history(services: Services, redis_url: str) -> None:
     """An empty store gets a few weeks of the demo fleet's history, so every chart has
     data at once; written in the background while the server already answers."""
     from .metrics.backfill import backfill
@@ -59,7 +59,7 @@ async def first_run_history(services: Services) -> None:
     s = services.settings
     print(f"empty metrics store: backfilling {s.backfill_days} days of demo history...", flush=True)
     summary = await backfill(
-        services.redis,
+        redis_url,  # its own connection, packed by hiredis, off the server's pool
         days=s.backfill_days,
         agents=max(s.demo_agents, 12),
         prefix=s.redis_prefix,
@@ -114,7 +114,7 @@ async def serve(
             services.keys.metrics.as_of
         ):
             services.background.append(  # cancelled, not awaited, at shutdown
-                asyncio.create_task(first_run_history(services), name="first-run-history")
+                asyncio.create_task(first_run_history(services, url), name="first-run-history")
             )
         if settings.demo_agents > 0:
             env = {**os.environ, "REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
