@@ -39,6 +39,7 @@ FAST: dict[str, Any] = {
     "rate_write": "100000/1m",
     "rate_control": "100000/1m",
     "rate_public": "100000/1m",
+    "backfill_days": 0,  # tests that want history make it themselves
 }
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..ids import AGENT_ID
 from ..keys import AGENT_STATUSES
+from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import percentiles, plan
 from ..store.paging import CursorError
@@ -96,11 +97,7 @@ async def usage_stats(svc: Services, agent_id: str, now: int) -> dict[str, Any]:
         day, [agent_id], ["input_tokens", "output_tokens", "cost_nanos"]
     )
     hist = await svc.metrics.histograms(hour, [agent_id], "latency")
-    merged: dict[int, int] = {}
-    for h in hist[agent_id]:
-        for k, v in h.items():
-            merged[k] = merged.get(k, 0) + v
-    (p95,) = percentiles([merged], (0.95,))[0]
+    (p95,) = percentiles([merge(*hist[agent_id])], (0.95,))[0]
     return {
         "tokens_24h": int(
             data[(agent_id, "input_tokens")].sum() + data[(agent_id, "output_tokens")].sum()

@@ -15,6 +15,7 @@ import pandas as pd
 from analytics.loader import METRICS, load_plan
 
 from ..analysis import jobs
+from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan
 from ..timeutil import format_ms, parse_duration
@@ -419,11 +420,7 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
         svc.metrics.counters(hour, ["*"], ["requests", "errors"]),
         svc.metrics.histograms(hour, ["*"], "latency"),
     )
-    merged: dict[int, int] = {}
-    for hist in lat["*"]:
-        for k, v in hist.items():
-            merged[k] = merged.get(k, 0) + v
-    (p95,) = percentiles([merged], (0.95,))[0]
+    (p95,) = percentiles([merge(*lat["*"])], (0.95,))[0]
     requests = int(t_hour[("*", "requests")].sum())
     errors = int(t_hour[("*", "errors")].sum())
     cached_pred = svc.cache.peek(lambda k: k[0] == "predictions" and k[1] == 80.0 and k[3] == ())

@@ -7,6 +7,7 @@ import time
 import orjson
 
 from ..metrics.events import validate_batch
+from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import GROUP_DIMS, Plan, QueryError, envelope, percentiles, plan, ratio
 from ..metrics.recorder import Batch, BatchMismatch, write_batch
@@ -128,8 +129,6 @@ class PerformanceHandler(MetricsHandler):
         latency = await reader.histograms(p, names, "latency")
         duration = await reader.histograms(p, names, "duration")
         series = []
-        all_lat: dict[int, int] = {}
-        all_dur: dict[int, int] = {}
         req_total = err_total = done_total = 0
         for g, label in groups:
             req, err = data[(g, "requests")], data[(g, "errors")]
@@ -154,12 +153,8 @@ class PerformanceHandler(MetricsHandler):
             req_total += int(req.sum())
             err_total += int(err.sum())
             done_total += int(data[(g, "tasks_completed")].sum())
-            for h in latency[g]:
-                for k, v in h.items():
-                    all_lat[k] = all_lat.get(k, 0) + v
-            for h in duration[g]:
-                for k, v in h.items():
-                    all_dur[k] = all_dur.get(k, 0) + v
+        all_lat = merge(*(h for g in names for h in latency[g]))
+        all_dur = merge(*(h for g in names for h in duration[g]))
         (tp50,), (tp95,), (tp99,) = percentiles([all_lat], (0.5, 0.95, 0.99))
         (td95,) = percentiles([all_dur], (0.95,))[0]
         totals = {
