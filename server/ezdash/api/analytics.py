@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.loader import METRICS, load_plan
+from analytics.loader import COUNTER_METRICS, METRICS, load_plan
 
 from ..analysis import jobs
 from ..metrics.histogram import merge
@@ -77,6 +77,37 @@ class AnalyticsHandler(MetricsHandler):
         except QueryError as e:
             name = {"step": field, "from": from_field}.get(e.field, e.field)
             raise invalid(name, str(e)) from None
+
+    def step_ms(self) -> int:
+        seconds = self.q_duration("step", 3600.0)
+        assert seconds is not None
+        return int(seconds * 1000)
+
+    async def series(
+        self, metric: str, step: int, span_ms: int, span_field: str
+    ) -> tuple[pd.Series[float], Plan, int]:
+        """The fleet-wide (or filtered) series of complete buckets over ``span_ms``:
+        counts zero-filled, rates and percentiles NaN where there was no data."""
+        svc = self.services
+        now = await svc.redis_now_ms()
+        end = now // step * step  # complete buckets only
+        p = self.plan_for(
+            start=end - span_ms,
+            end=end,
+            step=step,
+            filters=self.filters(),
+            now=now,
+            from_field=span_field,
+        )
+        frame = await load_plan(svc.metrics, p, metric)
+        series = (
+            frame.iloc[:, 0]
+            if len(frame.columns)
+            else pd.Series(np.zeros(p.buckets), index=frame.index)
+        ).astype(float)
+        if metric in COUNTER_METRICS:
+            series = series.fillna(0.0)
+        return series, p, end
 
     async def run_job(self, fn: Any, *args: Any) -> Any:
         try:
@@ -164,9 +195,7 @@ class ForecastHandler(AnalyticsHandler):
         self.check_query({"metric", "horizon", "step", "levels", "history", *FILTERS})
         metric = self.metric()
         svc = self.services
-        step_s = self.q_duration("step", 3600.0)
-        assert step_s is not None
-        step = int(step_s * 1000)
+        step = self.step_ms()
         horizon_ms, _ = self.window("horizon", "7d")
         history_ms, _ = self.window("history", "30d")
         if horizon_ms % step:
@@ -175,28 +204,7 @@ class ForecastHandler(AnalyticsHandler):
         if steps > 2000:
             raise invalid("horizon", f"is {steps} steps; at most 2000 (use a coarser step)")
         levels = self.levels()
-        now = await svc.redis_now_ms()
-        end = now // step * step
-        p = self.plan_for(
-            start=end - history_ms,
-            end=end,
-            step=step,
-            filters=self.filters(),
-            now=now,
-            from_field="history",
-        )
-        frame = await load_plan(svc.metrics, p, metric)
-        series = (
-            frame.iloc[:, 0]
-            if len(frame.columns)
-            else pd.Series(np.zeros(p.buckets), index=frame.index)
-        )
-        if (
-            metric in ("cost_usd",)
-            or metric.endswith("tokens")
-            or metric in ("requests", "errors", "tasks_completed", "tasks_failed")
-        ):
-            series = series.fillna(0.0)
+        series, p, end = await self.series(metric, step, history_ms, "history")
         key = (
             "forecast",
             metric,
@@ -209,7 +217,7 @@ class ForecastHandler(AnalyticsHandler):
         )
 
         async def compute() -> dict[str, Any]:
-            return dict(await self.run_job(jobs.forecast, series.astype(float), steps, levels))
+            return dict(await self.run_job(jobs.forecast, series, steps, levels))
 
         result = await svc.cache.get(key, max(60.0, step / 1000), compute)
         self.write_json(
@@ -249,9 +257,7 @@ class AnomaliesHandler(AnalyticsHandler):
         metric = self.metric()
         svc = self.services
         window_ms, window = self.window("window", "7d")
-        step_s = self.q_duration("step", 3600.0)
-        assert step_s is not None
-        step = int(step_s * 1000)
+        step = self.step_ms()
         raw = self.get_query_argument("threshold", "4")
         try:
             threshold = float(raw)
@@ -259,22 +265,7 @@ class AnomaliesHandler(AnalyticsHandler):
             raise invalid("threshold", "must be a number") from None
         if not 2 <= threshold <= 20:
             raise invalid("threshold", "must be between 2 and 20 (robust sigmas)")
-        now = await svc.redis_now_ms()
-        end = now // step * step
-        p = self.plan_for(
-            start=end - window_ms,
-            end=end,
-            step=step,
-            filters=self.filters(),
-            now=now,
-            from_field="window",
-        )
-        frame = await load_plan(svc.metrics, p, metric)
-        series = (
-            frame.iloc[:, 0]
-            if len(frame.columns)
-            else pd.Series(np.zeros(p.buckets), index=frame.index)
-        ).astype(float)
+        series, p, end = await self.series(metric, step, window_ms, "window")
         key = (
             "anomalies",
             metric,
