@@ -17,7 +17,7 @@ from analytics.loader import COUNTER_METRICS, METRICS, load_plan
 from ..analysis import jobs
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
-from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan
+from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan, stats
 from ..timeutil import format_ms, parse_duration
 from .errors import invalid
 from .metrics import FILTERS, MetricsHandler
@@ -180,11 +180,7 @@ class TrendsHandler(AnalyticsHandler):
                     for it in items
                 ],
                 "as_of": await svc.metrics.as_of(),
-                "stats": {
-                    "exec_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "buckets": p.buckets,
-                    "tier": p.tier.name,
-                },
+                "stats": stats(p, started),
             }
         )
 
@@ -231,11 +227,7 @@ class ForecastHandler(AnalyticsHandler):
                     "values": _nan_to_none(series.to_numpy(dtype=float)),
                 },
                 "as_of": await svc.metrics.as_of(),
-                "stats": {
-                    "exec_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "buckets": p.buckets,
-                    "tier": p.tier.name,
-                },
+                "stats": stats(p, started),
             }
         )
 
@@ -286,11 +278,7 @@ class AnomaliesHandler(AnalyticsHandler):
                 "window": window,
                 "items": items,
                 "as_of": await svc.metrics.as_of(),
-                "stats": {
-                    "exec_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "buckets": p.buckets,
-                    "tier": p.tier.name,
-                },
+                "stats": stats(p, started),
             }
         )
 

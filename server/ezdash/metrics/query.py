@@ -261,6 +261,15 @@ class Reader:
         return format_ms(int(raw)) if raw else None
 
 
+def stats(p: Plan, started: float) -> dict[str, Any]:
+    """The ``stats`` every metrics and analytics answer carries: how costly it was."""
+    return {
+        "exec_ms": round((time.perf_counter() - started) * 1000, 3),
+        "buckets": p.buckets,
+        "tier": p.tier.name,
+    }
+
+
 def envelope(
     p: Plan,
     group_by: str,
@@ -281,11 +290,7 @@ def envelope(
         "totals": totals,
         **extra,
         "as_of": as_of,
-        "stats": {
-            "exec_ms": round((time.perf_counter() - started) * 1000, 3),
-            "buckets": p.buckets,
-            "tier": p.tier.name,
-        },
+        "stats": stats(p, started),
     }
 
 
