@@ -20,6 +20,7 @@ from analytics._backtest import Backtest, BacktestRun, Candidate, run_backtest
 from analytics._models import (
     Fitted,
     combine,
+    fit_decomposed_ar,
     fit_decomposed_ets,
     fit_drift,
     fit_naive,
@@ -76,21 +77,28 @@ def _calibration(latest_fold: FloatArray, train_share: float) -> float:
     return float(np.clip(adjusted, 0.5, 4.0))
 
 
-def _add_combinations(run: BacktestRun, order: dict[str, int]) -> dict[str, tuple[str, ...]]:
-    """Score equal-weight means of a decomposition model and a seasonal naive.
+MAX_COMBINED = 4
 
-    Averaging a smoothed-cycle model with the raw last cycle usually beats both
-    where either one alone is hard to choose: their errors are far from
-    perfectly correlated. Only these pairs are tried (wider pools overfit the
-    few backtest origins), and with no extra fits: every member's per-origin
-    forecast is already stored. Returns the key of each pair scored and its
-    members, the decomposition model first.
+
+def _add_combinations(run: BacktestRun, order: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """Score the equal-weight means of the 2, 3 and 4 best single models.
+
+    Picking one winner from a handful of backtest origins is noisy when the
+    leaders are close, and their errors are far from perfectly correlated (a
+    smoothed cycle, the raw last cycle and a mean-reverting AR miss in different
+    ways), so averaging the leaders usually beats each of them. How many to
+    average is itself decided by the backtest, from the stored per-origin
+    forecasts and with no extra fits; scoring only this nested family (rather
+    than every subset) keeps the choice from overfitting the origins. Returns the
+    key of each mean scored and its members, best first.
     """
-    finite = [k for k in run.scores if np.isfinite(run.scores[k].mase)]
-    smooth = [k for k in finite if k.startswith(("stl_ets(", "ets"))]
-    seasonal = [k for k in finite if k.startswith("seasonal_naive(")]
+    ranked = sorted(
+        (k for k in run.scores if np.isfinite(run.scores[k].mase)),
+        key=lambda k: (run.scores[k].mase, order[k]),
+    )
     out: dict[str, tuple[str, ...]] = {}
-    for members in ((a, b) for a in smooth for b in seasonal):
+    for count in range(2, min(MAX_COMBINED, len(ranked)) + 1):
+        members = tuple(ranked[:count])
         name = f"mean({', '.join(run.names[k] for k in members)})"
         preds = [np.mean(ps, axis=0) for ps in zip(*(run.preds[k] for k in members), strict=True)]
         sds = [np.mean(ss, axis=0) for ss in zip(*(run.sds[k] for k in members), strict=True)]
@@ -201,18 +209,19 @@ class ForecastResult:
 
 
 class Forecaster:
-    """Choose among naive, seasonal naive, drift and STL/MSTL + ETS by backtest.
+    """Choose among baselines, STL/MSTL + ETS and autoregressions by backtest.
 
-    Candidates are scored by MASE over a rolling-origin backtest (``folds``
-    origins half a horizon apart, up to 8 when the history is long enough to
-    leave three horizons before the earliest); the lowest wins, ties going to the
-    simpler model. Equal-weight means of each decomposition model with each
-    seasonal naive are scored too, from the stored backtest forecasts, and win
-    when they beat every single model (``model`` then reads
-    ``"mean(stl_ets(...), seasonal_naive(12))"``). Intervals are normal, from
-    each model's own variance formula (a mean's uses the mean of its members'
-    standard deviations), rescaled by how far off the latest backtest fold
-    actually was.
+    Candidates (naive, seasonal naive per cycle, drift, ETS and an AR on the
+    series adjusted for the daily and for both cycles, and an AR on the raw
+    series) are scored by MASE over a rolling-origin backtest (``folds`` origins
+    half a horizon apart, up to 8 when the history is long enough to leave three
+    horizons before the earliest). The equal-weight means of the 2, 3 and 4 best
+    are scored too, from the stored backtest forecasts; the lowest MASE wins,
+    ties going to the simpler model (``model`` then reads e.g.
+    ``"mean(stl_ar(7;12), stl_ets(A,Ad,N;12), seasonal_naive(12))"``).
+    Intervals are normal, from each model's own variance formula (a mean's uses
+    the mean of its members' standard deviations), rescaled by how far off the
+    latest backtest fold actually was.
 
     ``horizon`` is the number of steps the backtest scores (default: the longest
     usable season, so an hourly series is judged on a week ahead); ``forecast``
@@ -266,10 +275,15 @@ class Forecaster:
             for p in usable
         )
         cands.append(Candidate("drift", 3, fit_drift))
-        for subset in dict.fromkeys((usable[:1], usable)):
+        subsets = tuple(dict.fromkeys((usable[:1], usable)))
+        for subset in subsets:
             min_train = max(10, 2 * max(subset, default=0))
             key = f"stl_ets({','.join(map(str, subset))})" if subset else "ets"
             cands.append(Candidate(key, min_train, partial(fit_decomposed_ets, periods=subset)))
+        for subset in dict.fromkeys(((), *subsets)):
+            min_train = max(10, 2 * max(subset, default=0))
+            key = f"stl_ar({','.join(map(str, subset))})" if subset else "ar"
+            cands.append(Candidate(key, min_train, partial(fit_decomposed_ar, periods=subset)))
         return cands
 
     def fit(self) -> ForecastResult:

@@ -1,4 +1,4 @@
-"""Forecasting candidates: three textbook baselines and decomposition + ETS.
+"""Forecasting candidates: three textbook baselines, decomposition + ETS, and AR.
 
 Every candidate is reduced to the same linear-innovations form: a point path, the
 one-step error scale ``sigma`` and the weights ``psi`` with which past shocks carry
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.signal import lfilter, lfiltic
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
@@ -139,6 +140,40 @@ def fit_drift(y: FloatArray) -> Fitted:
     )
 
 
+@dataclass(frozen=True)
+class _Adjusted:
+    """A series with its cycles removed, standardised, and the way back.
+
+    Both decomposition models are location/scale equivariant; fitting on a
+    standardised series keeps optimiser tolerances and AICc arithmetic meaningful
+    for token counts in the billions. The cycles are continued by repeating their
+    last estimated period.
+    """
+
+    z: FloatArray
+    center: float
+    scale: float
+    tails: tuple[tuple[FloatArray, int], ...]
+
+    def restore(self, z_future: FloatArray) -> FloatArray:
+        steps = len(z_future)
+        out: FloatArray = np.asarray(z_future, dtype=np.float64) * self.scale + self.center
+        for tail, period in self.tails:
+            out = out + tail[np.arange(steps) % period]
+        return out
+
+
+def _adjust(y: FloatArray, periods: tuple[int, ...]) -> _Adjusted:
+    dec = decompose(y, periods)
+    adjusted = y - dec.seasonal
+    center = float(np.mean(adjusted))
+    scale = float(np.std(adjusted))
+    if not np.isfinite(scale) or scale <= 0.0:
+        scale = 1.0
+    tails = tuple((s[-p:].copy(), p) for s, p in zip(dec.seasonals, dec.periods, strict=True))
+    return _Adjusted((adjusted - center) / scale, center, scale, tails)
+
+
 def _ets_fit(z: FloatArray, damped: bool) -> Any:
     model = ETSModel(z, error="add", trend="add" if damped else None, damped_trend=damped)
     with warnings.catch_warnings():
@@ -155,15 +190,8 @@ def fit_decomposed_ets(y: FloatArray, periods: tuple[int, ...]) -> Fitted:
     adjusted series only needs a cheap non-seasonal ETS, far faster than a seasonal
     state-space model of period 24 or 168.
     """
-    dec = decompose(y, periods)
-    adjusted = y - dec.seasonal
-    center = float(np.mean(adjusted))
-    scale = float(np.std(adjusted))
-    if not np.isfinite(scale) or scale <= 0.0:
-        scale = 1.0
-    # ETS is location/scale equivariant; fitting on a standardised series keeps the
-    # optimiser's tolerances meaningful for token counts in the billions.
-    z = (adjusted - center) / scale
+    adj = _adjust(y, periods)
+    z = adj.z
     fits = [_ets_fit(z, damped=False)]
     if len(z) >= 10:
         fits.append(_ets_fit(z, damped=True))
@@ -172,16 +200,12 @@ def fit_decomposed_ets(y: FloatArray, periods: tuple[int, ...]) -> Fitted:
     alpha = float(params["smoothing_level"])
     beta = float(params.get("smoothing_trend", 0.0))
     phi = float(params.get("damping_trend", 1.0))
-    sigma = _rms(np.asarray(best.resid, dtype=np.float64)) * scale
-    seasonal_tails = [(s[-p:].copy(), p) for s, p in zip(dec.seasonals, dec.periods, strict=True)]
+    sigma = _rms(np.asarray(best.resid, dtype=np.float64)) * adj.scale
     tag = "A,Ad,N" if "damping_trend" in params else "A,N,N"
     name = f"stl_ets({tag};{','.join(map(str, periods))})" if periods else f"ets({tag})"
 
     def path(steps: int) -> FloatArray:
-        out = np.asarray(best.forecast(steps), dtype=np.float64) * scale + center
-        for tail, period in seasonal_tails:
-            out = out + tail[np.arange(steps) % period]
-        return out
+        return adj.restore(np.asarray(best.forecast(steps), dtype=np.float64))
 
     def weights(steps: int) -> FloatArray:
         j = np.arange(1, steps + 1, dtype=np.float64)
@@ -191,3 +215,99 @@ def fit_decomposed_ets(y: FloatArray, periods: tuple[int, ...]) -> Fitted:
         return alpha + beta * damp
 
     return Fitted(name, sigma, path, weights)
+
+
+AR_MAX_LAGS = 24
+
+
+def _ar_order(z: FloatArray, max_lags: int) -> int:
+    """Order of the AR(p) with intercept that minimises AICc, among stationary fits.
+
+    Every order is scored on the same sample (the last ``n - max_lags`` points), so
+    the criteria compare like with like; one QR of the largest design gives the
+    residual sum of squares of every nested model at once. An order whose fit is
+    explosive or has a unit root is skipped: its forecast would run away over a
+    long horizon, and the month-end and run-out figures extend far past the
+    backtest.
+    """
+    n = len(z)
+    design = np.column_stack(
+        [np.ones(n - max_lags)] + [z[max_lags - i : n - i] for i in range(1, max_lags + 1)]
+    )
+    target = z[max_lags:]
+    q, r = np.linalg.qr(design)
+    proj = q.T @ target
+    total = float(target @ target)
+    m = len(target)
+    best, best_score = 0, np.inf
+    for p in range(max_lags + 1):
+        k = p + 2  # coefficients, intercept and the error variance
+        if m - k - 1 <= 0:
+            break
+        rss = max(total - float(np.sum(proj[: p + 1] ** 2)), 1e-12 * max(total, 1e-300))
+        score = m * np.log(rss / m) + 2 * k + 2 * k * (k + 1) / (m - k - 1)
+        if score >= best_score:
+            continue
+        if p > 0:
+            coef = np.linalg.solve(r[: p + 1, : p + 1], proj[: p + 1])
+            if not _stationary(coef[1:]):
+                continue
+        best, best_score = p, score
+    return best
+
+
+def _stationary(phi: FloatArray) -> bool:
+    roots = np.roots(np.concatenate(([1.0], -phi)))
+    return bool(np.all(np.abs(roots) < 0.999))
+
+
+def _ar_fit(z: FloatArray, p: int) -> tuple[float, FloatArray, float]:
+    """Intercept, lag coefficients and residual RMS of an AR(p) by least squares."""
+    n = len(z)
+    design = np.column_stack([np.ones(n - p)] + [z[p - i : n - i] for i in range(1, p + 1)])
+    coef, *_ = np.linalg.lstsq(design, z[p:], rcond=None)
+    resid = z[p:] - design @ coef
+    phi = np.asarray(coef[1:], dtype=np.float64)
+    if p and not _stationary(phi):
+        # The full-sample refit can cross the boundary the selection sample did not.
+        return float(np.mean(z)), np.zeros(0), float(np.std(z))
+    return float(coef[0]), phi, _rms(resid)
+
+
+def fit_decomposed_ar(y: FloatArray, periods: tuple[int, ...]) -> Fitted:
+    """STL/MSTL removes the cycles; an autoregression by AICc models what is left.
+
+    ETS carries the last level forward, which is right for a wandering series and
+    wrong for one that swings back: El Nino anomalies, the sunspot cycle, a queue
+    that drains. A stationary AR(p) reverts to its mean at the pace the data show,
+    and with no periods it can learn an irregular cycle (about 11 years for
+    sunspots) that no fixed seasonal period fits. Least squares on at most
+    ``AR_MAX_LAGS`` lags costs a few milliseconds, and the decomposition is shared
+    with the ETS candidate through the cache of :func:`decompose`.
+    """
+    adj = _adjust(y, periods)
+    z = adj.z
+    max_lags = min(AR_MAX_LAGS, max(0, len(z) // 10))
+    p = _ar_order(z, max_lags) if max_lags else 0
+    intercept, phi, rms = _ar_fit(z, p)
+    p = len(phi)
+    denominator = np.concatenate(([1.0], -phi))
+    # Past values in lfilter's state form, so a forecast of any length is one call.
+    state = lfiltic([1.0], denominator, z[::-1][:p]) if p else None
+    name = f"stl_ar({p};{','.join(map(str, periods))})" if periods else f"ar({p})"
+
+    def path(steps: int) -> FloatArray:
+        drive = np.full(steps, intercept)
+        if p:
+            z_future, _ = lfilter([1.0], denominator, drive, zi=state)
+        else:
+            z_future = drive
+        return adj.restore(z_future)
+
+    def weights(steps: int) -> FloatArray:
+        impulse = np.zeros(steps + 1)
+        impulse[0] = 1.0
+        psi: FloatArray = np.asarray(lfilter([1.0], denominator, impulse), dtype=np.float64)
+        return psi[1:]
+
+    return Fitted(name, rms * adj.scale, path, weights)

@@ -7,6 +7,8 @@ and shared by trends, forecasts and anomaly detection.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +73,44 @@ def _seasonal_window(period: int) -> int:
     return 13 if period < 100 else 11
 
 
+# A backtest fits up to 8 folds plus the final history, each with up to two cycle
+# subsets, and runs candidate by candidate across folds: the cache must hold a whole
+# pass for the second model on the same decomposition to find it.
+_CACHE_SIZE = 24
+_cache: OrderedDict[tuple[bytes, tuple[int, ...], bool], Decomposition] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def decompose(y: FloatArray, periods: tuple[int, ...], *, robust: bool = False) -> Decomposition:
     """STL for one period, MSTL for several; no periods leaves everything in the trend.
 
     ``y`` must not contain NaN: callers interpolate missing buckets first.
+
+    Results are memoised on the exact values: a backtest fits several models on
+    each fold's history (ETS and AR on the same adjusted series), and MSTL is the
+    most expensive step of each. The arrays handed out are read-only so that a
+    caller cannot corrupt a cached entry.
     """
+    if not periods:
+        return _decompose(y, (), robust)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    key = (y.tobytes(), tuple(periods), robust)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    dec = _decompose(y, tuple(periods), robust)
+    for arr in (dec.trend, dec.resid, *dec.seasonals):
+        arr.setflags(write=False)
+    with _cache_lock:
+        _cache[key] = dec
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return dec
+
+
+def _decompose(y: FloatArray, periods: tuple[int, ...], robust: bool) -> Decomposition:
     if not periods:
         return Decomposition(y.copy(), (), np.zeros_like(y), ())
     if len(periods) == 1:

@@ -7,21 +7,21 @@ from analytics._accuracy import DATASETS, evaluate, render
 BY_NAME = {d.name: d for d in DATASETS}
 
 
-@pytest.mark.parametrize(
-    ("name", "origins"),
-    [("co2", 3), ("elec_equip", 3), ("housing_starts", 3), ("elnino", 3)],
-)
-def test_backtested_forecast_does_not_lose_to_seasonal_naive(name, origins):
-    row = evaluate(BY_NAME[name], origins=origins)
-    assert row.mase <= row.naive_mase + 1e-9
-    if name != "elnino":  # El Nino is nearly a pure cycle; seasonal naive is hard to beat
+@pytest.mark.parametrize("name", [d.name for d in DATASETS])
+def test_backtested_forecast_beats_seasonal_naive(name):
+    row = evaluate(BY_NAME[name], origins=3)
+    assert row.mase < row.naive_mase
+    if name not in ("elnino", "sunspots"):
+        # Strong, stable cycles: the decomposition models win by a wide margin. El Nino
+        # and the sunspot cycle are mostly irregular swings, where a few percent is real.
         assert row.mase < 0.9 * row.naive_mase
 
 
-def test_elec_equip_gains_from_more_folds_and_combination():
-    # 0.714 with 3 overlapping folds and single models only; a peer's AutoETS gets 0.525.
+def test_elec_equip_is_at_least_as_good_as_autoets():
+    # statsforecast's AutoETS scores 0.525 on these three origins (bench/bench_forecast.py);
+    # we had 0.714 with single models only and 0.529 with mean(stl_ets, seasonal naive).
     row = evaluate(BY_NAME["elec_equip"], origins=3)
-    assert row.mase < 0.56
+    assert row.mase <= 0.525
 
 
 def test_render_has_a_row_per_series():

@@ -4,7 +4,8 @@ import pytest
 
 from analytics import AnalyticsInputError, Forecaster, ForecastResult
 from analytics._forecast import _fold_count
-from analytics._models import combine, fit_drift, fit_seasonal_naive
+from analytics._models import combine, fit_decomposed_ar, fit_drift, fit_seasonal_naive
+from analytics._seasonal import decompose
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +163,16 @@ def test_daily_step_uses_weekly_cycle():
     assert (weekend < 80).all()
 
 
-def test_combinations_are_scored_in_the_backtest(fitted):
+def test_means_of_the_best_single_models_are_scored(fitted):
     _, res = fitted
     scores = res.backtest.scores
-    for key in (
-        "mean(stl_ets(24), seasonal_naive(24))",
-        "mean(stl_ets(24,168), seasonal_naive(168))",
-    ):
+    singles = sorted((k for k in scores if not k.startswith("mean(")), key=lambda k: scores[k].mase)
+    for count in (2, 3, 4):
+        key = f"mean({', '.join(singles[:count])})"
         assert key in scores and scores[key].folds == 3
-        assert scores[key].model.startswith("mean(stl_ets(")
+        assert scores[key].model.startswith("mean(")
+    assert sum(k.startswith("mean(") for k in scores) == 3
+    assert res.backtest.mase == min(s.mase for s in scores.values())
 
 
 def test_combine_averages_paths_and_is_conservative_on_spread():
@@ -198,6 +200,84 @@ def test_monthly_combination_forecast_is_used_end_to_end():
     y = 100 + 10 * np.sin(2 * np.pi * t / 12) + np.cumsum(rng.normal(0, 1.5, 240))
     res = Forecaster(pd.Series(y, idx), horizon=24, periods=(12,)).fit()
     assert res.backtest.origins == 8
-    assert "mean(stl_ets(12), seasonal_naive(12))" in res.backtest.scores
+    means = [k for k in res.backtest.scores if k.startswith("mean(")]
+    assert len(means) == 3
+    assert any(k.startswith("stl_ar(") or k == "ar" for k in res.backtest.scores)
     frame = res.forecast(24)
     assert frame["mean"].notna().all() and (frame["lower_95"] <= frame["upper_95"]).all()
+
+
+def _ar2(n: int, seed: int, mean: float = 50.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = np.zeros(n + 200)
+    for t in range(2, n + 200):
+        z[t] = 1.2 * z[t - 1] - 0.5 * z[t - 2] + rng.normal()
+    return mean + z[200:]
+
+
+def test_ar_recovers_a_known_process_and_reverts_to_its_mean():
+    y = _ar2(2000, seed=3)
+    fit = fit_decomposed_ar(y, ())
+    assert fit.name == "ar(2)"
+    # psi_1 is phi_1 and psi_2 = phi_1^2 + phi_2 for an AR(2).
+    psi = fit.psi(2)
+    assert psi[0] == pytest.approx(1.2, abs=0.05)
+    assert psi[1] == pytest.approx(1.2**2 - 0.5, abs=0.1)
+    assert fit.sigma == pytest.approx(1.0, rel=0.08)
+    far = fit.mean(500)
+    assert far[-1] == pytest.approx(float(np.mean(y)), abs=0.3)
+    assert np.all(np.isfinite(fit.sd(500))) and fit.sd(500)[-1] < 5 * fit.sigma
+
+
+def test_ar_matches_statsmodels_autoreg_at_the_same_order():
+    from statsmodels.tsa.ar_model import AutoReg
+
+    y = _ar2(400, seed=8)
+    fit = fit_decomposed_ar(y, ())
+    ref = AutoReg(y, lags=2, trend="c").fit()
+    np.testing.assert_allclose(fit.mean(12), ref.predict(start=400, end=411), rtol=1e-9)
+
+
+def test_ar_never_explodes_on_a_trending_series():
+    t = np.arange(300, dtype=np.float64)
+    y = 5.0 + 0.3 * t + np.random.default_rng(0).normal(0, 0.5, 300)
+    fit = fit_decomposed_ar(y, ())
+    path = fit.mean(5000)
+    assert np.all(np.isfinite(path)) and np.max(np.abs(path)) < 10 * np.max(np.abs(y))
+
+
+def test_mean_reverting_series_prefers_the_autoregression():
+    # Monthly-like cycle plus a slow AR anomaly (El Nino's shape): carrying the last
+    # level forward (ETS) or the last cycle (seasonal naive) both lose to reverting.
+    n = 480
+    idx = pd.date_range("2000-01-01", periods=n, freq="D", tz="UTC")
+    rng = np.random.default_rng(5)
+    anomaly = np.zeros(n)
+    for t in range(1, n):
+        anomaly[t] = 0.9 * anomaly[t - 1] + rng.normal(0, 1.0)
+    y = 25 + 2 * np.sin(2 * np.pi * np.arange(n) / 12) + anomaly
+    res = Forecaster(pd.Series(y, idx), horizon=24, periods=(12,), nonnegative=False).fit()
+    scores = res.backtest.scores
+    best_ar = min(scores[k].mase for k in scores if k in ("ar", "stl_ar(12)"))
+    assert best_ar < scores["seasonal_naive(12)"].mase
+    assert best_ar < scores["stl_ets(12)"].mase
+    assert "ar(" in res.model
+
+
+def test_short_series_gets_a_small_autoregression():
+    y = np.array([3.0, 5.0, 4.0, 6.0, 5.0, 7.0, 6.0, 8.0, 7.0, 9.0, 8.0, 10.0])
+    fit = fit_decomposed_ar(y, ())
+    assert fit.name in {"ar(0)", "ar(1)"}
+    assert np.all(np.isfinite(fit.mean(20))) and np.all(np.isfinite(fit.sd(20)))
+
+
+def test_decomposition_is_shared_between_models_and_read_only():
+    y = np.sin(np.arange(240) * 2 * np.pi / 24) + np.arange(240) * 0.01
+    first = decompose(y, (24,))
+    again = decompose(y.copy(), (24,))
+    assert again is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.trend[0] = 1.0
+    changed = y.copy()
+    changed[5] += 1.0
+    assert decompose(changed, (24,)) is not first
