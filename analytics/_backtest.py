@@ -77,6 +77,21 @@ def smape(actual: FloatArray, predicted: FloatArray) -> float:
     return float(100.0 * np.mean(ratio))
 
 
+def _usable_scales(scales: list[float]) -> list[float]:
+    """Give folds whose history was flat the scale of the most varied history.
+
+    A metric that starts at zero (a new deployment, a new model) has early folds
+    whose seasonal naive error is 0, which makes every candidate's MASE infinite
+    there and leaves nothing to choose by. Later histories contain the earlier
+    ones, so their scale is the natural stand-in.
+    """
+    good = [s for s in scales if np.isfinite(s) and s > 0.0]
+    if not good:
+        return scales
+    fallback = max(good)
+    return [s if np.isfinite(s) and s > 0.0 else fallback for s in scales]
+
+
 def origins_for(n: int, horizon: int, folds: int, min_train: int) -> list[int]:
     """Fold origins from the end backwards, half a horizon apart.
 
@@ -153,7 +168,7 @@ def run_backtest(
         return run
     trains = [fill_gaps(raw[:origin]) for origin in origins]
     run.actuals = [raw[origin : origin + horizon] for origin in origins]
-    run.scales = [mase_scale(train, scale_period) for train in trains]
+    run.scales = _usable_scales([mase_scale(train, scale_period) for train in trains])
     for cand in candidates:
         if any(o < cand.min_train for o in origins):
             continue

@@ -192,6 +192,11 @@ def fit_decomposed_ets(y: FloatArray, periods: tuple[int, ...]) -> Fitted:
     """
     adj = _adjust(y, periods)
     z = adj.z
+    if np.ptp(z) == 0.0:
+        # Nothing but the cycle (a backtest fold of a metric that had not started
+        # yet): the likelihood is degenerate, and the cycle alone is the forecast.
+        flat = f"stl_ets(A,N,N;{','.join(map(str, periods))})" if periods else "ets(A,N,N)"
+        return Fitted(flat, 0.0, lambda steps: adj.restore(np.zeros(steps)), np.ones)
     fits = [_ets_fit(z, damped=False)]
     if len(z) >= 10:
         fits.append(_ets_fit(z, damped=True))

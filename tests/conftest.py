@@ -40,6 +40,7 @@ FAST: dict[str, Any] = {
     "rate_control": "100000/1m",
     "rate_public": "100000/1m",
     "backfill_days": 0,  # tests that want history make it themselves
+    "analyst": False,  # tests/test_analyst.py starts the page itself
 }
 
 

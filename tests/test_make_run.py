@@ -44,6 +44,22 @@ def _get(url: str, key: str = "") -> tuple[int, object]:
         return 0, None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _status(url: str) -> int:
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
@@ -55,6 +71,7 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest)
     port = free_port()
+    analyst_port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -66,6 +83,7 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
             "EZ_DEMO_AGENTS": "3",
             "EZ_HEARTBEAT_INTERVAL": "1",
             "EZ_BACKFILL_DAYS": "2",
+            "EZ_ANALYST_PORT": str(analyst_port),
         }
     )
     log = (tmp_path / "make-run.log").open("w")
@@ -108,6 +126,15 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert isinstance(cost, dict) and cost["totals"]["cost_usd"] > 0
+        # the analyst page runs next to the API and asks for a key first
+        page = f"http://127.0.0.1:{analyst_port}/"
+        deadline = time.monotonic() + 60
+        answer = 0
+        while time.monotonic() < deadline and answer != 200:
+            answer = _status(page + "login")
+            time.sleep(0.3)
+        assert answer == 200, (tmp_path / "make-run.log").read_text()[-3000:]
+        assert _status(page) == 302  # not signed in: sent to the login form
         assert (work / ".venv" / "bin" / "ezdash").exists()
         assert any((work / ".data" / "redis" / "appendonlydir").iterdir())
     finally:
@@ -122,3 +149,4 @@ def test_make_run_from_a_fresh_copy(tmp_path: Path) -> None:
     assert "shutting down" in text
     status, _ = _get(base + "/health")
     assert status == 0  # nothing left listening
+    assert _status(f"http://127.0.0.1:{analyst_port}/login") == 0

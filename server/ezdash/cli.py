@@ -51,6 +51,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", type=int, default=100, help="agents (default 100)")
     b.add_argument("--seed", type=int, default=1)
 
+    a = sub.add_parser("analyst", help="serve the analysts' Panel page")
+    _common(a)
+    a.add_argument("--host", help="listen address (env EZ_HOST, default 127.0.0.1)")
+    a.add_argument(
+        "--port", dest="analyst_port", type=int, help="port (env EZ_ANALYST_PORT, default 8889)"
+    )
+    a.add_argument("--data-dir", help="embedded Redis and secrets (env EZ_DATA_DIR)")
+
     d = sub.add_parser("demo", help="run a fleet of simulated agents against a Redis")
     _common(d)
     d.add_argument("--agents", type=int, default=None, help="how many (default EZ_DEMO_AGENTS)")
@@ -60,7 +68,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    names = ("redis_url", "redis_prefix", "log_level", "host", "port", "data_dir", "demo_agents")
+    names = (
+        "redis_url",
+        "redis_prefix",
+        "log_level",
+        "host",
+        "port",
+        "analyst_port",
+        "data_dir",
+        "demo_agents",
+    )
     # `keys` also takes --data-dir: the same settings field
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     if overrides.get("log_level"):
@@ -98,6 +115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("ezdash backfill: --days and --agents must be positive", file=sys.stderr)
             return 2
         asyncio.run(_backfill(settings, args.days, args.agents, args.seed))
+        return 0
+    if args.command == "analyst":
+        try:
+            asyncio.run(_analyst(settings))
+        except OSError as e:
+            print(
+                f"ezdash analyst: cannot listen on {settings.host}:{settings.analyst_port} "
+                f"({e.strerror}); set EZ_ANALYST_PORT or --port",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     if args.command == "demo":
         if not settings.redis_url:
@@ -150,6 +178,14 @@ async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None
         stop=stop,
         produce_tasks=produce,
     )
+
+
+async def _analyst(settings: Settings) -> None:
+    from .analyst.app import serve_analyst
+    from .cliutil import redis_for
+
+    async with redis_for(settings) as url:
+        await serve_analyst(settings, url)
 
 
 if __name__ == "__main__":

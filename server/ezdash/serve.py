@@ -22,6 +22,7 @@ from typing import IO
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from .aio import stop_on_signals
 from .api.app import make_app
 from .api.services import Services
 from .redis_server import RedisServer, die_with_parent
@@ -80,11 +81,7 @@ async def serve(
     ready: asyncio.Future[str] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop)
 
     embedded: RedisServer | None = None
     lock: IO[str] | None = None
@@ -98,6 +95,7 @@ async def serve(
 
     services = Services.create(settings, url)
     demo: asyncio.subprocess.Process | None = None
+    analyst: asyncio.subprocess.Process | None = None
     server: HTTPServer | None = None
     try:
         await services.redis.ping()
@@ -130,6 +128,26 @@ async def serve(
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
+        if settings.analyst:
+            # Its own process: charts and sessions never share this event loop.
+            env = {
+                **os.environ,
+                "REDIS_URL": url,
+                "EZ_REDIS_PREFIX": settings.redis_prefix,
+                "EZ_DATA_DIR": str(settings.data_dir),  # the same secrets.json
+                "EZ_ANALYST_PORT": str(settings.analyst_port),
+                "EZ_HOST": settings.host,
+            }
+            analyst = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "ezdash.cli",
+                "analyst",
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         base = f"http://{settings.host}:{port}"
         print(f"EzAugent Dashboard API on {base}/api  (health: {base}/api/health)", flush=True)
         if new_key:
@@ -150,13 +168,15 @@ async def serve(
         services.draining = True
         if server is not None:
             server.stop()
-        if demo is not None:
-            demo.send_signal(signal.SIGTERM)
+        for child in (demo, analyst):
+            if child is None or child.returncode is not None:
+                continue
+            child.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(demo.wait(), settings.shutdown_grace)
+                await asyncio.wait_for(child.wait(), settings.shutdown_grace)
             except TimeoutError:
-                demo.kill()
-                await demo.wait()
+                child.kill()
+                await child.wait()
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.close_all_connections(), settings.shutdown_grace)

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     analytics_workers: int = Field(2, ge=1, le=64, description="Worker processes for fits.")
     monthly_budget_usd: float | None = Field(None, ge=0, description="For budget run-out.")
     summary_cache: Duration = 2.0
+    analyst: bool = Field(True, description="Start the Panel analyst page with `ezdash serve`.")
+    analyst_port: int = Field(8889, ge=0, le=65535, description="Analyst page port.")
+    analyst_workers: int = Field(1, ge=1, le=16, description="Fit processes of the analyst page.")
 
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_payload_bytes: int = Field(64 << 10, ge=1024)

@@ -281,3 +281,15 @@ def test_decomposition_is_shared_between_models_and_read_only():
     changed = y.copy()
     changed[5] += 1.0
     assert decompose(changed, (24,)) is not first
+
+
+def test_a_series_that_starts_at_zero_still_ranks_models(make_hourly):
+    # Four days of nothing, then three days of a daily cycle: the earliest backtest
+    # folds see only zeros, yet the choice must rest on finite errors.
+    s = make_hourly(seed=4, n=168)
+    s.iloc[:96] = 0.0
+    res = Forecaster(s, horizon=48).fit()
+    assert res.backtest.origins == 3
+    assert np.isfinite(res.backtest.mase)
+    assert all(np.isfinite(score.mase) for score in res.backtest.scores.values())
+    assert res.model != "naive"

@@ -107,6 +107,12 @@ def anomalies(series: pd.Series[Any], threshold: float) -> list[dict[str, Any]]:
     ]
 
 
+def month_to_date(cost: pd.Series[Any], end_ms: int) -> float:
+    """Spend since the start of the UTC month that ``end_ms`` falls in."""
+    month_start = pd.Timestamp(end_ms, unit="ms", tz="UTC").replace(day=1, hour=0)
+    return float(cost[cost.index >= month_start].sum())
+
+
 def predictions(
     cost: pd.Series[Any], month_cost: float, budget: float | None, level: float
 ) -> dict[str, Any]:

@@ -320,9 +320,6 @@ async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, 
     """Month-end cost and budget run-out, from 30 days of complete hours."""
     svc = h.services
     end = now // HOUR * HOUR
-    month_start = int(
-        pd.Timestamp(end, unit="ms", tz="UTC").replace(day=1, hour=0).timestamp() * 1000
-    )
     p = h.plan_for(start=end - 30 * DAY, end=end, step=HOUR, filters=h.filters(), now=now)
     frame = await load_plan(svc.metrics, p, "cost_usd")
     cost = (
@@ -330,7 +327,7 @@ async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, 
         if len(frame.columns)
         else pd.Series(np.zeros(p.buckets), index=frame.index)
     ).astype(float)
-    month_cost = float(cost[cost.index >= pd.Timestamp(month_start, unit="ms", tz="UTC")].sum())
+    month_cost = jobs.month_to_date(cost, end)
     budget = svc.settings.monthly_budget_usd
     key = ("predictions", level, budget, tuple(sorted(h.filters().items())), end)
 

@@ -83,6 +83,26 @@ class KeyStore:
         h = cast(dict[str, str], await self.redis.hgetall(self.keys.api_key(kid)))
         return key_doc(h) if h else None
 
+    async def verify(self, key: str) -> dict[str, Any] | None:
+        """The record of a live key, or None when it is unknown or revoked.
+
+        For callers outside the API's authorize script (the analyst page's login),
+        which need the same answer without charging a rate-limit budget.
+        """
+        presented = digest(self.secret, key)
+        kid = cast(str | None, await self.redis.hget(self.keys.api_key_digests, presented))
+        if not kid:
+            return None
+        h = cast(dict[str, str], await self.redis.hgetall(self.keys.api_key(kid)))
+        if not h or h.get("revoked_at") or not hmac.compare_digest(h["digest"], presented):
+            return None
+        return key_doc(h)
+
+    async def live(self, kid: str) -> dict[str, Any] | None:
+        """The record of key ``kid`` while it is not revoked (sessions re-check it)."""
+        doc = await self.get(kid)
+        return doc if doc is not None and doc["revoked_at"] is None else None
+
     async def all(self) -> list[dict[str, Any]]:
         ids = cast(list[str], await self.redis.zrevrange(self.keys.api_key_ids, 0, -1))
         async with self.redis.pipeline(transaction=False) as pipe:
