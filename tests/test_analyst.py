@@ -115,6 +115,17 @@ async def test_grouping_draws_a_line_per_group_and_exports_them(page: Page) -> N
     assert set(back.columns) == {"ts", "group", "value"}
 
 
+async def test_a_second_refresh_of_the_same_view_fits_nothing(page: Page) -> None:
+    p = page.page
+    await p.refresh()
+    cache = page.data.cache
+    misses, hits = cache.misses, cache.hits
+    assert misses == 4  # forecast, anomalies, trends, predictions
+    await p.refresh()
+    assert cache.misses == misses and cache.hits == hits + 4
+    assert p.status.object.startswith("Complete buckets up to")
+
+
 async def test_export_round_trips_through_read_file(page: Page, tmp_path: Any) -> None:
     p = page.page
     await p.refresh()

@@ -17,7 +17,7 @@ import pandas as pd
 from analytics.loader import COUNTER_METRICS, load_plan
 
 from ..analysis import jobs
-from ..analysis.pool import AnalyticsPool
+from ..analysis.pool import AnalyticsPool, ResultCache
 from ..api.services import make_redis
 from ..keys import Keys
 from ..metrics.query import Plan, Reader, plan
@@ -64,6 +64,10 @@ class AnalystData:
             self.redis, self.keys, Scripts(self.redis), events_maxlen=settings.events_maxlen
         )
         self.pool = pool
+        # Shared by every session of this process: answers change only when a new
+        # bucket completes, so a page refreshing each minute (or ten analysts looking
+        # at the same view) costs one fit per bucket.
+        self.cache = ResultCache(256)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -107,9 +111,17 @@ class AnalystData:
             total = total.fillna(0.0)
         return Loaded(frame, total, p, end)
 
+    async def _cached(self, key: tuple[Any, ...], ttl_s: float, fn: Any, *args: Any) -> Any:
+        async def compute() -> Any:
+            return await self.pool.run(fn, *args)
+
+        return await self.cache.get(key, ttl_s, compute)
+
     async def forecast(self, loaded: Loaded, q: Query) -> dict[str, Any]:
         steps = max(1, q.horizon_ms // loaded.plan.step_ms)
-        return dict(await self.pool.run(jobs.forecast, loaded.total, steps, (80.0, 95.0)))
+        key = ("forecast", q.metric, q.window_ms, q.step_ms, steps, q.filters, loaded.end_ms)
+        ttl = max(60.0, q.step_ms / 1000)
+        return dict(await self._cached(key, ttl, jobs.forecast, loaded.total, steps, (80.0, 95.0)))
 
     async def trends(self, q: Query, now_ms: int) -> list[dict[str, Any]]:
         """Per-group trend over the window against the window before it."""
@@ -126,10 +138,15 @@ class AnalystData:
         )
         frame = await load_plan(self.reader, p, q.metric)
         window = f"{q.window_ms // HOUR}h"
-        return list(await self.pool.run(jobs.trends, frame, window))
+        key = ("trends", q.metric, q.window_ms, q.group_by, q.filters, end)
+        return list(await self._cached(key, step / 1000, jobs.trends, frame, window))
 
-    async def anomalies(self, loaded: Loaded, threshold: float = 4.0) -> list[dict[str, Any]]:
-        return list(await self.pool.run(jobs.anomalies, loaded.total, threshold))
+    async def anomalies(
+        self, loaded: Loaded, q: Query, threshold: float = 4.0
+    ) -> list[dict[str, Any]]:
+        key = ("anomalies", q.metric, q.window_ms, q.step_ms, q.filters, threshold, loaded.end_ms)
+        ttl = max(60.0, loaded.plan.step_ms / 1000)
+        return list(await self._cached(key, ttl, jobs.anomalies, loaded.total, threshold))
 
     async def predictions(self, now_ms: int, q: Query) -> dict[str, Any]:
         """Month-end cost and budget run-out from 30 days of complete hours, as the API."""
@@ -147,7 +164,8 @@ class AnalystData:
         cost = (frame.iloc[:, 0] if len(frame.columns) else _zeros(frame.index)).astype(float)
         month_cost = jobs.month_to_date(cost, end)
         budget = self.settings.monthly_budget_usd
-        out = dict(await self.pool.run(jobs.predictions, cost, month_cost, budget, 80.0))
+        key = ("predictions", budget, q.filters, end)
+        out = dict(await self._cached(key, 300.0, jobs.predictions, cost, month_cost, budget, 80.0))
         out["queues"] = await self.tasks.queue_stats(now_ms)
         return out
 

@@ -199,7 +199,7 @@ class AnalystPage:
         anomalies: list[dict[str, Any]] = []
         steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             ("forecast", lambda: self.data.forecast(loaded, q)),
-            ("anomalies", lambda: self.data.anomalies(loaded)),
+            ("anomalies", lambda: self.data.anomalies(loaded, q)),
             ("trends", lambda: self.data.trends(q, now)),
             ("predictions", lambda: self.data.predictions(now, q)),
         ]
