@@ -196,7 +196,7 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 def to_file(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a loaded frame in the tidy long form (ts, group, value): CSV, or Parquet
-    when the name ends in .parquet (needs pyarrow)."""
+    when the name ends in .parquet."""
     path = Path(path)
     tidy_frame = tidy(frame)
     if path.suffix == ".parquet":

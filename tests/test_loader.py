@@ -62,11 +62,11 @@ async def test_loader_matches_api_and_round_trips_files(api: Api, tmp_path: Path
     assert list(p95.columns) == ["all"] and p95["all"].max() > 0
     assert np.isnan(p95["all"].loc[pd.Timestamp(empty, unit="ms", tz="UTC")])
 
-    path = to_file(frame, tmp_path / "cost.csv")
-    back = read_file(path)
-    pd.testing.assert_frame_equal(
-        back, frame, check_freq=False, check_names=False, check_dtype=False
-    )
+    for name in ("cost.csv", "cost.parquet"):
+        back = read_file(to_file(frame, tmp_path / name))
+        pd.testing.assert_frame_equal(
+            back, frame, check_freq=False, check_names=False, check_dtype=False
+        )
 
     source = RedisSource(svc.settings.redis_url or "")
     via_sync = await asyncio.to_thread(source.load, "requests", start="now-30h", group_by="model")

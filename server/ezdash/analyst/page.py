@@ -78,6 +78,12 @@ class AnalystPage:
         self.download = pn.widgets.FileDownload(
             callback=self._csv, filename="cost_usd.csv", label="Export CSV", embed=False
         )
+        self.download_parquet = pn.widgets.FileDownload(
+            callback=self._parquet,
+            filename="cost_usd.parquet",
+            label="Export Parquet",
+            embed=False,
+        )
         self.progress = pn.indicators.Progress(value=0, max=5, width=220, bar_color="primary")
         self.status = pn.pane.Markdown("Loading…", margin=(0, 10))
         self.kpis = pn.Row()
@@ -106,7 +112,7 @@ class AnalystPage:
             self.group_by,
             self.horizon,
             pn.Column(self.refresh_button, self.auto),
-            self.download,
+            pn.Column(self.download, self.download_parquet),
         )
         return pn.Column(
             pn.Row(pn.pane.Markdown("## EzAugent analytics"), pn.Spacer(), pn.pane.Markdown(who)),
@@ -191,6 +197,7 @@ class AnalystPage:
             return
         self.loaded = loaded
         self.download.filename = f"{q.metric}.csv"
+        self.download_parquet.filename = f"{q.metric}.parquet"
         self.chart.object = self._figure(q, loaded, None, [])
         self.progress.value = 1
         self.status.object = "Fitting forecast, trends, anomalies and predictions…"
@@ -327,6 +334,13 @@ class AnalystPage:
         out = io.StringIO()
         if self.loaded is not None:
             tidy(self.loaded.frame).to_csv(out, index=False)
+        out.seek(0)
+        return out
+
+    def _parquet(self) -> io.BytesIO:
+        out = io.BytesIO()
+        if self.loaded is not None:
+            tidy(self.loaded.frame).to_parquet(out, index=False)
         out.seek(0)
         return out
 
