@@ -427,6 +427,8 @@ class AnalystPage:
                 legend_label="anomaly",
                 name="anomaly",
             )
-        fig.legend.location = "top_left"
-        fig.legend.click_policy = "hide"
+        # Beside the plot, not over the data; click an entry to hide its line.
+        legend = fig.legend[0]
+        legend.click_policy = "hide"
+        fig.add_layout(legend, "right")
         return fig
