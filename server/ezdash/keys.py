@@ -200,6 +200,17 @@ class Keys:
         (defined with their layout in ``ezdash.metrics.rollup``)."""
         return MetricKeys(self.base)
 
+    # -- logs ---------------------------------------------------------------
+    @property
+    def logs(self) -> str:
+        """Stream: log entries, the entry id being the log id; one field ``d`` holds
+        the entry as JSON (one value per entry: one reply to parse per read)."""
+        return f"{self.base}:logs"
+
+    def log_batch(self, batch_id: str) -> str:
+        """String with TTL: fingerprint of an ingested log batch (Idempotency-Key)."""
+        return f"{self.base}:logs:batch:{batch_id}"
+
     # -- shared -------------------------------------------------------------
     @property
     def events(self) -> str:

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     ingest_max_events: int = Field(2000, ge=1, le=100_000)
     backfill_days: int = Field(21, ge=0, le=730, description="History made on a first run.")
 
+    # -- logs -------------------------------------------------------------------------
+    log_maxlen: int = Field(1_000_000, ge=1000, description="Approximate cap of the log stream.")
+    log_retention: Duration = 7 * 86400.0
+    log_keepalive: Duration = 15.0
+
     # -- analytics --------------------------------------------------------------------
     analytics_workers: int = Field(2, ge=1, le=64, description="Worker processes for fits.")
     monthly_budget_usd: float | None = Field(None, ge=0, description="For budget run-out.")

@@ -10,11 +10,11 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
-from . import agents, analytics, auth, control, health, metrics, tasks
+from . import agents, analytics, auth, control, health, logs, metrics, tasks
 from .base import APIHandler, NotFoundHandler
 from .services import Services
 
-HANDLER_MODULES = (health, auth, agents, control, tasks, metrics, analytics)
+HANDLER_MODULES = (health, auth, agents, control, tasks, metrics, logs, analytics)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
 

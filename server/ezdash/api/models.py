@@ -226,6 +226,32 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+class LogEntry(BaseModel):
+    id: str = Field(description="Stream id 'ms-seq': monotonic, the resume point")
+    ts: Time
+    agent_id: str
+    task_id: str | None
+    level: Literal["debug", "info", "warning", "error", "critical"]
+    message: str
+    fields: dict[str, Any]
+
+
+class LogPage(BaseModel):
+    items: list[LogEntry]
+    next_cursor: str | None
+
+
+class LogEntryIn(BaseModel):
+    """One entry for POST /api/ingest/logs (validated by ezdash.store.logs.validate)."""
+
+    ts: float | str | None = Field(None, description="Unix seconds or RFC 3339; default now")
+    agent_id: str = Field(min_length=1, max_length=128)
+    task_id: str | None = Field(None, min_length=1, max_length=128)
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    message: str = Field(min_length=1, max_length=8192)
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
 class MetricsStats(BaseModel):
     exec_ms: float
     buckets: int
@@ -370,6 +396,9 @@ class Problem(BaseModel):
 
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
+    LogEntry,
+    LogPage,
+    LogEntryIn,
     TaskCreate,
     Task,
     TaskWithHistory,

@@ -66,6 +66,16 @@ IDEM = {
     "description": "A repeat within 24 h returns the first result.",
     "schema": {"type": "string", "maxLength": 255},
 }
+LOG_FILTERS = [
+    _q("agent", "Only this agent"),
+    _q("task", "Only this task"),
+    _q(
+        "level",
+        "Minimum level",
+        {"enum": ["debug", "info", "warning", "error", "critical"]},
+    ),
+    _q("q", "Case-insensitive substring of the message"),
+]
 ERR = {
     "400": _problem("Malformed request (bad JSON, unknown parameter, bad cursor)"),
     "401": _problem("Missing or invalid credentials"),
@@ -291,6 +301,64 @@ def openapi_document() -> dict[str, Any]:
                 "write",
                 {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many events")},
                 [IDEM],
+            )
+        },
+        "/api/ingest/logs": {
+            "post": _op(
+                'Log entries (a JSON array of LogEntryIn or {"entries": [...]}); all or nothing',
+                "write",
+                {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many entries")},
+                [IDEM],
+            )
+        },
+        "/api/logs/search": {
+            "get": _op(
+                "Log entries, newest first; a page may be short with a cursor when the "
+                "filter is sparse (each page examines a bounded number of entries)",
+                "read",
+                {"200": _ok(_ref("LogPage"))},
+                [*LOG_FILTERS, _q("from", "Default now-24h"), _q("to", "Default now"), *PAGE],
+            )
+        },
+        "/api/logs/export": {
+            "get": _op(
+                "The matching entries, oldest first, streamed as an attachment "
+                "(gzip when accepted)",
+                "read",
+                {
+                    "200": {
+                        "description": "NDJSON (one LogEntry per line) or CSV",
+                        "content": {
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+                [
+                    *LOG_FILTERS,
+                    _q("from", "Default now-24h"),
+                    _q("to", "Default now"),
+                    _q("format", "ndjson (default) or csv", {"enum": ["ndjson", "csv"]}),
+                ],
+            )
+        },
+        "/api/logs/stream": {
+            "get": _op(
+                "Server-Sent Events: `id`, `event: log`, `data: LogEntry`; resumes after "
+                "Last-Event-ID (or ?since=) with nothing lost and nothing twice; a comment "
+                "line at least every 15 s",
+                "read",
+                {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                },
+                [
+                    *LOG_FILTERS,
+                    _q("since", "An entry id or a time to resume after"),
+                    _q("access_token", "A JWT, for browsers' EventSource"),
+                ],
             )
         },
         "/api/summary": {

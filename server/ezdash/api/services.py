@@ -28,6 +28,7 @@ from ..settings import Settings
 from ..store.agents import AgentStore
 from ..store.batch import ScriptBatcher
 from ..store.commands import CommandStore
+from ..store.logs import LogStore, LogTail
 from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
 
@@ -91,6 +92,8 @@ class Services:
     metrics: Reader
     pool: AnalyticsPool
     cache: ResultCache
+    logs: LogStore
+    log_tail: LogTail
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     started: float = field(default_factory=time.time)
     draining: bool = False
@@ -130,6 +133,14 @@ class Services:
             metrics=Reader(redis, make_redis(redis_url, 16, decode=False), keys.metrics),
             pool=AnalyticsPool(settings.analytics_workers),
             cache=ResultCache(),
+            logs=LogStore(
+                redis,
+                keys,
+                scripts,
+                maxlen=settings.log_maxlen,
+                retention_ms=int(settings.log_retention * 1000),
+            ),
+            log_tail=LogTail(redis_url, keys),
         )
 
     async def redis_now_ms(self) -> int:
@@ -190,6 +201,7 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.background.clear()
+        await self.log_tail.close()
         await self.metrics.raw.aclose()
         await asyncio.to_thread(self.pool.close)
         await self.redis.aclose()

@@ -17,6 +17,7 @@ NAMES = (
     "command_expire",
     "command_purge",
     "command_update",
+    "logs_append",
     "metrics_apply",
     "task_cancel",
     "task_create",

@@ -1,0 +1,354 @@
+"""Logs: search, export, a Server-Sent Events stream that resumes without gaps, ingest.
+
+Entries come from agents (``ezdash.agent`` writes them to Redis itself) or through
+``POST /api/ingest/logs``. Every read here walks the log stream in bounded chunks;
+see ``ezdash.store.logs`` for why that keeps each request's cost flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import zlib
+from typing import Any
+
+import orjson
+from tornado.iostream import StreamClosedError
+
+from ..store.logs import (
+    LEVELS,
+    BatchMismatch,
+    Doc,
+    LogFilter,
+    is_stream_id,
+    level_name,
+    public,
+    stream_id,
+    validate,
+)
+from ..store.paging import CursorError, decode_cursor, encode_cursor
+from ..store.tasks import fingerprint
+from ..timeutil import format_ms, parse_time
+from .base import APIHandler, cursor_problem
+from .errors import Problem, invalid
+
+DAY = 86_400_000
+FILTER_PARAMS = ("agent", "task", "level", "q")
+CSV_COLUMNS = ("id", "ts", "level", "agent_id", "task_id", "message", "fields")
+
+
+class LogsHandler(APIHandler):
+    scopes = {"GET": "read"}
+
+    def log_filter(self) -> LogFilter:
+        level = self.get_query_argument("level", None)
+        min_level = "debug"
+        if level is not None:
+            named = level_name(level)
+            if named is None:
+                raise invalid("level", f"must be one of {', '.join(LEVELS)}")
+            min_level = named
+        return LogFilter(
+            agent=self.q_str("agent", max_len=128),
+            task=self.q_str("task", max_len=128),
+            min_level=min_level,
+            q=self.q_str("q", max_len=200),
+        )
+
+    async def time_range(self) -> tuple[int, int]:
+        """``from``/``to`` select by the time the server recorded an entry (its id);
+        the default is the last 24 h, as everywhere in the API."""
+        now = await self.services.redis_now_ms()
+        start = self.q_time("from", now)
+        end = self.q_time("to", now)
+        end = now + 1 if end is None else end
+        start = end - DAY if start is None else start
+        if end <= start:
+            raise invalid("to", "must be after from")
+        return max(0, start), end
+
+
+class SearchHandler(LogsHandler):
+    async def get(self) -> None:
+        self.check_query({*FILTER_PARAMS, "from", "to", "limit", "cursor"})
+        flt = self.log_filter()
+        start, end = await self.time_range()
+        limit, cursor = self.page_args()
+        before: str | None = None
+        # The cursor is bound to the filters as written: "now-1h" moves between pages,
+        # and the cursor's position already bounds the newer end.
+        scope = {
+            **flt.as_dict(),
+            "from": self.get_query_argument("from", None),
+            "to": self.get_query_argument("to", None),
+        }
+        if cursor is not None:
+            try:
+                (before,) = decode_cursor(cursor, scope)
+            except (CursorError, ValueError) as e:
+                raise cursor_problem(CursorError(str(e))) from None
+        found, last = await self.services.logs.search(
+            flt, start_ms=start, end_ms=end, before=before, limit=limit
+        )
+        self.write_json(
+            {
+                "items": [public(i, d) for i, d in found],
+                "next_cursor": encode_cursor([last], scope) if last else None,
+            }
+        )
+
+
+class ExportHandler(LogsHandler):
+    """Oldest first, written and flushed chunk by chunk: memory stays flat whatever
+    the range, and the client sees bytes at once. gzip when the client accepts it
+    (compressed here, in stream, since the generic transform skips these types)."""
+
+    async def get(self) -> None:
+        self.check_query({*FILTER_PARAMS, "from", "to", "format"})
+        fmt = self.q_str("format", choices=("ndjson", "csv")) or "ndjson"
+        flt = self.log_filter()
+        start, end = await self.time_range()
+        await self.settle()  # nothing may be sent before the credential check passed
+        gzip = "gzip" in self.request.headers.get("Accept-Encoding", "")
+        stamp = [str(format_ms(t))[:19].replace(":", "") for t in (start, end)]
+        name = f"logs-{stamp[0]}-{stamp[1]}.{fmt}"
+        self.set_header(
+            "Content-Type",
+            "application/x-ndjson" if fmt == "ndjson" else "text/csv; charset=utf-8",
+        )
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        if gzip:
+            self.set_header("Content-Encoding", "gzip")
+        self.add_header("Vary", "Accept-Encoding")
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        if fmt == "csv":
+            self._emit(packer, _csv_rows([CSV_COLUMNS]))
+        rows = 0
+        async for chunk in self.services.logs.forward(
+            flt, after=f"{start - 1}-18446744073709551615" if start else "-", end=str(end - 1)
+        ):
+            if not chunk:
+                continue
+            rows += len(chunk)
+            if fmt == "ndjson":
+                data = b"".join(orjson.dumps(public(i, d)) + b"\n" for i, d in chunk)
+            else:
+                data = _csv_rows(_csv_record(i, d) for i, d in chunk)
+            self._emit(packer, data)
+            try:
+                await self.flush()
+            except StreamClosedError:
+                return  # the client went away; stop reading Redis for nobody
+        if packer is not None:
+            self.write(packer.flush())
+        self.audit_detail = f"rows={rows}"
+        self.finish()
+
+    def _emit(self, packer: Any, data: bytes) -> None:
+        self.write(packer.compress(data) if packer is not None else data)
+
+
+def _csv_record(entry_id: str, doc: Doc) -> tuple[Any, ...]:
+    p = public(entry_id, doc)
+    return (
+        p["id"],
+        p["ts"],
+        p["level"],
+        p["agent_id"],
+        p["task_id"] or "",
+        p["message"],
+        orjson.dumps(p["fields"]).decode(),
+    )
+
+
+def _csv_rows(rows: Any) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode()
+
+
+class StreamHandler(LogsHandler):
+    """``text/event-stream``: missed entries first (after ``Last-Event-ID`` or
+    ``since``), then live ones, each id strictly after the one before."""
+
+    query_token = True
+    _closed = False
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+
+    async def get(self) -> None:
+        self.check_query({*FILTER_PARAMS, "since", "access_token"})
+        flt = self.log_filter()
+        svc = self.services
+        since = await self._since()
+        await self.settle()
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        queue = await svc.log_tail.subscribe()
+        try:
+            self.write(b"retry: 2000\n\n")
+            if since is None:
+                last = await svc.logs.last_id()
+            else:
+                last = since
+                async for chunk in svc.logs.forward(flt, after=since):
+                    for entry_id, doc in chunk:
+                        self._event(entry_id, doc)
+                        last = entry_id
+                    if not await self._flush():
+                        return
+            await self._flush()
+            await self._live(queue, flt, last)
+        finally:
+            svc.log_tail.unsubscribe(queue)
+            if not self._closed:
+                self.finish()
+
+    async def _live(self, queue: Any, flt: LogFilter, last: str) -> None:
+        keepalive = self.services.settings.log_keepalive
+        floor = stream_id(last)
+        while not self._closed and not self.services.draining:
+            try:
+                item = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                self.write(b": keepalive\n\n")
+                if not await self._flush():
+                    return
+                continue
+            if item is None:
+                return  # fell too far behind: the client resumes with Last-Event-ID
+            entry_id, doc = item
+            if stream_id(entry_id) <= floor:
+                continue  # already sent while catching up
+            floor = stream_id(entry_id)
+            if flt.match(doc):
+                self._event(entry_id, doc)
+            if queue.empty() and not await self._flush():
+                return
+
+    def _event(self, entry_id: str, doc: Doc) -> None:
+        self.write(
+            b"id: "
+            + entry_id.encode()
+            + b"\nevent: log\ndata: "
+            + orjson.dumps(public(entry_id, doc))
+            + b"\n\n"
+        )
+
+    async def _flush(self) -> bool:
+        if self._closed:
+            return False
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self._closed = True
+            return False
+        return True
+
+    async def _since(self) -> str | None:
+        """Resume point: ``Last-Event-ID`` wins over ``?since=`` (an id or a time)."""
+        header = self.request.headers.get("Last-Event-ID")
+        if header is not None:
+            if not is_stream_id(header.strip()):
+                raise invalid("Last-Event-ID", "must be an id this stream sent", 400)
+            return header.strip()
+        raw = self.get_query_argument("since", None)
+        if raw is None:
+            return None
+        if is_stream_id(raw) and "-" in raw:
+            return raw
+        now = await self.services.redis_now_ms()
+        try:
+            ms = parse_time(raw, now=now)
+        except ValueError as e:
+            raise invalid("since", f"an entry id or a time: {e}") from None
+        return f"{max(0, ms - 1)}-18446744073709551615"
+
+
+class IngestLogsHandler(APIHandler):
+    """A batch of entries from agents that do not write to Redis themselves.
+
+    All or nothing, like usage ingest: one invalid entry refuses the batch with
+    every problem named by index; an Idempotency-Key makes a resend harmless."""
+
+    scopes = {"POST": "write"}
+    actions = {"POST": "ingest.logs"}
+
+    async def post(self) -> None:
+        self.check_query(())
+        svc = self.services
+        try:
+            body = orjson.loads(self.request.body or b"")
+        except orjson.JSONDecodeError as e:
+            raise Problem(400, f"body is not valid JSON: {e}", type="malformed-json") from e
+        items = body.get("entries") if isinstance(body, dict) else body
+        if isinstance(body, dict) and set(body) - {"entries"}:
+            raise invalid(sorted(set(body) - {"entries"})[0], "unknown field", 422)
+        if not isinstance(items, list):
+            raise invalid("entries", 'send a JSON array of entries (or {"entries": [...]})')
+        if not items:
+            raise invalid("entries", "the batch is empty")
+        cap = svc.settings.ingest_max_events
+        if len(items) > cap:
+            raise Problem(
+                413,
+                f"{len(items)} entries; at most {cap} per batch",
+                type="too-large",
+                errors=[{"field": "entries", "message": "too many entries"}],
+            )
+        now = await svc.redis_now_ms()
+        docs: list[Doc] = []
+        errors: list[dict[str, str]] = []
+        bad = 0
+        for i, raw in enumerate(items):
+            doc, problems = validate(raw, now)
+            if doc is None:
+                bad += 1
+                errors += [
+                    {
+                        "field": f"entries[{i}]" + (f".{p['field']}" if p["field"] else ""),
+                        "message": p["message"],
+                    }
+                    for p in problems
+                ]
+            else:
+                docs.append(doc)
+        if errors:
+            self.audit_detail = f"refused {bad}/{len(items)}"
+            raise Problem(
+                422,
+                f"{bad} of {len(items)} entries are invalid; none were accepted",
+                type="validation-error",
+                title="Invalid entries",
+                errors=errors,
+            )
+        key = self.idempotency_key()
+        try:
+            ids = await svc.logs.append(
+                docs,
+                now_ms=now,
+                batch_id=f"{self.principal.id}:{key}" if key else "",
+                fingerprint=fingerprint(items),
+                dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
+            )
+        except BatchMismatch:
+            raise Problem(
+                422,
+                "Idempotency-Key was already used for a different batch",
+                type="idempotency-mismatch",
+            ) from None
+        if ids is None:
+            self.set_header("Idempotent-Replayed", "true")
+        self.audit_detail = f"entries={len(docs)}"
+        self.write_json({"accepted": len(docs)}, 202)
+
+
+default_handlers = [
+    (r"/api/logs/search", SearchHandler),
+    (r"/api/logs/export", ExportHandler),
+    (r"/api/logs/stream", StreamHandler),
+    (r"/api/ingest/logs", IngestLogsHandler),
+]
