@@ -10,11 +10,11 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
-from . import agents, analytics, auth, control, health, logs, metrics, tasks
+from . import agents, analytics, auth, control, health, logs, metrics, ops, tasks
 from .base import APIHandler, NotFoundHandler
 from .services import Services
 
-HANDLER_MODULES = (health, auth, agents, control, tasks, metrics, logs, analytics)
+HANDLER_MODULES = (health, auth, agents, control, tasks, metrics, logs, analytics, ops)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
 
@@ -45,9 +45,13 @@ SECRET_QUERY = re.compile(r"(access_token=)[^&]*")
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line, with any query-string token redacted."""
     status = handler.get_status()
+    req = handler.request
+    services = handler.application.settings.get("services")
+    if services is not None:
+        route = handler.application.settings["route_of"].get(type(handler), "unmatched")
+        services.request_stats.observe(route, req.method or "", status, req.request_time())
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if access_log.isEnabledFor(level):
-        req = handler.request
         uri = SECRET_QUERY.sub(r"\1[redacted]", req.uri or "")
         access_log.log(
             level,
@@ -67,6 +71,7 @@ def make_app(services: Services, **extra: Any) -> tornado.web.Application:
         table,
         default_handler_class=NotFoundHandler,
         services=services,
+        route_of={cls: pattern for pattern, cls in table},
         compress_response=True,
         log_function=log_request,
         **extra,

@@ -361,6 +361,31 @@ def openapi_document() -> dict[str, Any]:
                 ],
             )
         },
+        "/metrics": {
+            "get": _op(
+                "Prometheus text exposition: this instance's request counts and latencies, "
+                "the fleet's agents by status and queue gauges",
+                "read",
+                {
+                    "200": {
+                        "description": "Prometheus text format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
+        "/api/docs": {
+            "get": _op(
+                "This document as a human-readable page",
+                None,
+                {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
         "/api/summary": {
             "get": _op(
                 "The dashboard front page in one call", "read", {"200": _ok(_ref("SummaryAnswer"))}

@@ -31,6 +31,7 @@ from ..store.commands import CommandStore
 from ..store.logs import LogStore, LogTail
 from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
+from .stats import RequestStats
 
 log = logging.getLogger("ezdash.services")
 
@@ -101,6 +102,7 @@ class Services:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
+    request_stats: RequestStats = field(default_factory=RequestStats)
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:

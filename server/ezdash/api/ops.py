@@ -1,0 +1,147 @@
+"""Operations: Prometheus ``/metrics`` and the human-readable ``/api/docs``.
+
+Request counts and latencies are this instance's own (label them by instance in
+Prometheus); the fleet gauges are read from Redis and so are the same whichever
+instance is scraped.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from .. import __version__
+from ..keys import AGENT_STATUSES
+from .base import APIHandler
+from .openapi import openapi_document
+from .stats import labels_text
+
+
+def _gauge(name: str, help_text: str, rows: list[tuple[dict[str, str], float]]) -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    for labels, value in rows:
+        out.append(f"{name}{labels_text(**labels) if labels else ''} {value:g}")
+    return out
+
+
+class MetricsHandler(APIHandler):
+    """Prometheus text format. Needs ``read`` like every other read (a scraper sends
+    a key as a bearer token): agent and queue names are not for anyone passing by."""
+
+    scopes = {"GET": "read"}
+
+    async def get(self) -> None:
+        self.check_query(())
+        svc = self.services
+        started = time.perf_counter()
+        await svc.redis.ping()
+        redis_s = time.perf_counter() - started
+        now = await svc.redis_now_ms()
+        by_status = await svc.agents.count_by_status()
+        queues = await svc.tasks.queue_stats(now)
+        lines = _gauge(
+            "ezdash_build_info", "Version of this instance.", [({"version": __version__}, 1)]
+        )
+        lines += _gauge(
+            "ezdash_uptime_seconds",
+            "Seconds since this instance started.",
+            [({}, round(time.time() - svc.started, 3))],
+        )
+        lines += _gauge(
+            "ezdash_redis_ping_seconds", "Round trip to Redis at scrape time.", [({}, redis_s)]
+        )
+        lines += _gauge(
+            "ezdash_agents",
+            "Agents by status (the whole fleet).",
+            [({"status": s}, by_status.get(s, 0)) for s in AGENT_STATUSES],
+        )
+        for field, help_text in (
+            ("depth", "Tasks waiting per queue."),
+            ("running", "Tasks running per queue."),
+            ("oldest_age_s", "Age of the oldest waiting task per queue, seconds."),
+            ("throughput_per_min", "Tasks finished per minute per queue (last 5 min)."),
+        ):
+            name = "ezdash_queue_" + field.replace("_s", "_seconds").replace(
+                "per_min", "per_minute"
+            )
+            lines += _gauge(name, help_text, [({"queue": q["name"]}, q[field]) for q in queues])
+        lines += _gauge(
+            "ezdash_log_stream_readers",
+            "Live log stream readers on this instance.",
+            [({}, len(svc.log_tail.readers))],
+        )
+        lines += _gauge(
+            "ezdash_analytics_cache_hits",
+            "Analytics answers served from cache by this instance (since start).",
+            [({}, svc.cache.hits)],
+        )
+        lines += _gauge(
+            "ezdash_analytics_cache_misses",
+            "Analytics answers computed by this instance (since start).",
+            [({}, svc.cache.misses)],
+        )
+        lines += svc.request_stats.lines()
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish("\n".join(lines) + "\n")
+
+
+class DocsHandler(APIHandler):
+    """The OpenAPI document as a page: every endpoint, its scope and parameters.
+
+    Rendered here, without scripts or outside assets, so it works offline and under
+    the same strict Content-Security-Policy as the API (plus inline styles)."""
+
+    scopes = {"GET": None}
+
+    def get(self) -> None:
+        self.check_query(())
+        doc = openapi_document()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        )
+        self.finish(render_docs(doc))
+
+
+def render_docs(doc: dict[str, Any]) -> str:
+    e = html.escape
+    rows: list[str] = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            params = "".join(
+                f"<li><code>{e(p['name'])}</code> ({e(p['in'])}): {e(p.get('description', ''))}"
+                "</li>"
+                for p in op.get("parameters", [])
+            )
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            ref = body.get("schema", {}).get("$ref", "")
+            body_html = f"<p>Body: <code>{e(ref.rsplit('/', 1)[-1])}</code></p>" if ref else ""
+            answers = ", ".join(e(code) for code in op.get("responses", {}))
+            rows.append(
+                f'<section id="{e(method)}-{e(path)}"><h3><span class="m">{e(method.upper())}'
+                f"</span> <code>{e(path)}</code></h3><p>{e(op.get('summary', ''))}</p>"
+                f"<p>Scope: <code>{e(str(op.get('x-scope') or 'none'))}</code> · "
+                f"answers: {answers}</p>{body_html}"
+                + (f"<ul>{params}</ul>" if params else "")
+                + "</section>"
+            )
+    title = e(doc["info"]["title"])
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{title} API</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "section{border-top:1px solid #ddd;padding:.5rem 0}.m{display:inline-block;"
+        "min-width:4rem;font-weight:bold}code{background:#f4f4f4;padding:0 .2rem}</style>"
+        f"</head><body><h1>{title} {e(doc['info']['version'])}</h1>"
+        "<p>Machine-readable: <a href='/api/openapi.json'>/api/openapi.json</a> (OpenAPI "
+        "3.1). Send <code>Authorization: Bearer &lt;API key or JWT&gt;</code>; errors are "
+        "RFC 9457 problem JSON naming the field.</p>" + "".join(rows) + "</body></html>"
+    )
+
+
+default_handlers = [
+    (r"/metrics", MetricsHandler),
+    (r"/api/docs", DocsHandler),
+]
