@@ -10,21 +10,19 @@ chunk by chunk, and live readers share one blocking ``XREAD`` per server instanc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from ..keys import Keys
 from ..timeutil import format_ms
 from .scripts import Scripts
+from .tail import StreamTail
 
 log = logging.getLogger(__name__)
 
@@ -273,80 +271,8 @@ class LogStore:
             lower = f"({entries[-1][0]!s}"
 
 
-Subscriber = asyncio.Queue[tuple[str, Doc] | None]
-
-
-class LogTail:
-    """One blocking ``XREAD`` per server instance, fanned out to live readers.
-
-    Each reader has a bounded queue. A reader that falls ``queue_size`` entries
-    behind is sent ``None`` and dropped: it reconnects with ``Last-Event-ID`` and
-    catches up from Redis, so a slow client costs the server bounded memory and
-    still loses nothing.
-    """
+class LogTail(StreamTail[tuple[str, Doc]]):
+    """The live tail of the log stream (see :class:`StreamTail`)."""
 
     def __init__(self, redis_url: str, keys: Keys, *, queue_size: int = 2000) -> None:
-        self.redis_url = redis_url
-        self.keys = keys
-        self.queue_size = queue_size
-        self.readers: set[Subscriber] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-
-    async def subscribe(self) -> Subscriber:
-        """A queue of every entry appended from now on (after this returns)."""
-        queue: Subscriber = asyncio.Queue(self.queue_size)
-        self.readers.add(queue)
-        if self._task is None or self._task.done():
-            self._ready.clear()
-            self._task = asyncio.create_task(self._run(), name="log-tail")
-        await self._ready.wait()
-        return queue
-
-    def unsubscribe(self, queue: Subscriber) -> None:
-        self.readers.discard(queue)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
-
-    async def _run(self) -> None:
-        # Its own connection: the blocking read must not hold one of the pool's.
-        redis = Redis.from_url(self.redis_url, decode_responses=True)
-        try:
-            position = "$"
-            while True:
-                try:
-                    newest = await redis.xrevrange(self.keys.logs, "+", "-", count=1)
-                    if position == "$":
-                        position = str(newest[0][0]) if newest else "0-0"
-                    self._ready.set()
-                    while True:
-                        reply = cast(
-                            list[Any],
-                            await redis.xread({self.keys.logs: position}, block=5000),
-                        )
-                        if not reply:
-                            continue
-                        entries = cast(list[Any], reply[0][1])
-                        position = str(entries[-1][0])
-                        self._fan_out(_decode(entries))
-                except (RedisError, OSError) as e:
-                    log.warning("log tail: redis trouble (%s); retrying", e)
-                    await asyncio.sleep(1.0)
-        finally:
-            await redis.aclose()
-
-    def _fan_out(self, items: list[tuple[str, Doc]]) -> None:
-        for queue in list(self.readers):
-            try:
-                for item in items:
-                    queue.put_nowait(item)
-            except asyncio.QueueFull:
-                self.readers.discard(queue)
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()  # room for the sign-off
-                queue.put_nowait(None)
+        super().__init__(redis_url, keys.logs, _decode, queue_size=queue_size)
