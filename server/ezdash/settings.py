@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     log_maxlen: int = Field(1_000_000, ge=1000, description="Approximate cap of the log stream.")
     log_retention: Duration = 7 * 86400.0
     log_keepalive: Duration = 15.0
+    ws_queue: int = Field(1000, ge=10, le=1_000_000, description="Frames a slow client may lag.")
 
     # -- analytics --------------------------------------------------------------------
     analytics_workers: int = Field(2, ge=1, le=64, description="Worker processes for fits.")

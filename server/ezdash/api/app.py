@@ -10,11 +10,22 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
-from . import agents, analytics, auth, control, health, logs, metrics, ops, tasks
+from . import agents, analytics, auth, control, health, logs, metrics, ops, realtime, tasks
 from .base import APIHandler, NotFoundHandler
 from .services import Services
 
-HANDLER_MODULES = (health, auth, agents, control, tasks, metrics, logs, analytics, ops)
+HANDLER_MODULES = (
+    health,
+    auth,
+    agents,
+    control,
+    tasks,
+    metrics,
+    logs,
+    realtime,
+    analytics,
+    ops,
+)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
 
@@ -73,6 +84,8 @@ def make_app(services: Services, **extra: Any) -> tornado.web.Application:
         services=services,
         route_of={cls: pattern for pattern, cls in table},
         compress_response=True,
+        websocket_ping_interval=20,  # finds dead WebSocket peers behind idle NATs
+        websocket_max_message_size=64 << 10,
         log_function=log_request,
         **extra,
     )

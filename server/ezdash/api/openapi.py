@@ -361,6 +361,17 @@ def openapi_document() -> dict[str, Any]:
                 ],
             )
         },
+        "/api/ws": {
+            "get": _op(
+                "WebSocket (upgrade): send {op: subscribe|unsubscribe, topics, since} or "
+                "{op: ping}; receive {type, id, ts, data} with type hello, agent.updated, "
+                "task.updated, queue.status, error, log, pong, resync or problem. A client "
+                "too slow to keep up gets resync and close code 1013",
+                "read",
+                {"101": {"description": "Switching Protocols"}},
+                [_q("access_token", "A JWT, for browsers' WebSocket")],
+            )
+        },
         "/metrics": {
             "get": _op(
                 "Prometheus text exposition: this instance's request counts and latencies, "

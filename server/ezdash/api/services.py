@@ -103,6 +103,7 @@ class Services:
     pending: set[asyncio.Task[None]] = field(default_factory=set)
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
     request_stats: RequestStats = field(default_factory=RequestStats)
+    hub: Any = None  # ezdash.api.realtime.Hub, made by the first WebSocket
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:
@@ -203,6 +204,8 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.background.clear()
+        if self.hub is not None:
+            await self.hub.close()
         await self.log_tail.close()
         await self.metrics.raw.aclose()
         await asyncio.to_thread(self.pool.close)

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from ..keys import Keys
 from ..timeutil import format_ms
 from .scripts import Scripts
-from .tail import StreamTail
+from .tail import StreamTail, read_after
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class LogFilter:
         return {"agent": self.agent, "task": self.task, "level": self.min_level, "q": self.q}
 
 
-def _decode(entries: list[Any]) -> list[tuple[str, Doc]]:
+def decode(entries: list[Any]) -> list[tuple[str, Doc]]:
     out: list[tuple[str, Doc]] = []
     for entry_id, fields in entries:
         raw = fields.get("d") if isinstance(fields, dict) else None
@@ -242,7 +242,7 @@ class LogStore:
             chunk = await self.redis.xrevrange(self.keys.logs, upper, lower, count=SCAN_CHUNK)
             if not chunk:
                 return found, None
-            for entry_id, doc in _decode(chunk):
+            for entry_id, doc in decode(chunk):
                 if flt.match(doc):
                     found.append((entry_id, doc))
                     if len(found) == limit:
@@ -260,19 +260,12 @@ class LogStore:
         """Oldest first from just after ``after`` to ``end``, in chunks (exports and
         catch-up after a reconnect); yields the matches of each chunk read, possibly
         none, so a caller can report progress or keep a connection alive."""
-        lower = f"({after}" if after not in ("-", "0", "0-0") else "-"
-        while True:
-            entries = await self.redis.xrange(self.keys.logs, lower, end, count=chunk)
-            if not entries:
-                return
-            yield [(i, d) for i, d in _decode(entries) if flt.match(d)]
-            if len(entries) < chunk:
-                return
-            lower = f"({entries[-1][0]!s}"
+        async for entries in read_after(self.redis, self.keys.logs, after, end=end, chunk=chunk):
+            yield [(i, d) for i, d in decode(entries) if flt.match(d)]
 
 
 class LogTail(StreamTail[tuple[str, Doc]]):
     """The live tail of the log stream (see :class:`StreamTail`)."""
 
     def __init__(self, redis_url: str, keys: Keys, *, queue_size: int = 2000) -> None:
-        super().__init__(redis_url, keys.logs, _decode, queue_size=queue_size)
+        super().__init__(redis_url, keys.logs, decode, queue_size=queue_size)

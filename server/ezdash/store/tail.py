@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar, cast
 
 from redis.asyncio import Redis
@@ -109,3 +109,19 @@ class StreamTail(Generic[T]):
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()  # room for the sign-off
                 queue.put_nowait(None)
+
+
+async def read_after(
+    redis: Redis, key: str, after: str, *, end: str = "+", chunk: int = 500
+) -> AsyncIterator[list[Any]]:
+    """Raw entries of ``key`` after ``after`` (exclusive) up to ``end``, oldest first,
+    one chunk per read: how every reader catches up without loading a range whole."""
+    lower = f"({after}" if after not in ("-", "0", "0-0") else "-"
+    while True:
+        entries = cast(list[Any], await redis.xrange(key, lower, end, count=chunk))
+        if not entries:
+            return
+        yield entries
+        if len(entries) < chunk:
+            return
+        lower = f"({entries[-1][0]!s}"
