@@ -181,14 +181,12 @@ async def test_bad_messages_get_a_problem_and_the_connection_stays(api: Api, con
         ("not json", ""),
         ({"op": "dance"}, "op"),
         ({"op": "subscribe", "topics": ["weather"]}, "topics"),
-        ({"op": "subscribe", "topics": ["alerts"]}, "topics"),
         ({"op": "subscribe", "topics": ["logs"], "since": "last tuesday-ish"}, "since"),
     ):
         await ws.conn.write_message(bad if isinstance(bad, str) else orjson.dumps(bad).decode())
         seen = len(ws.of("problem"))
         await ws.until(lambda ms, seen=seen: len([m for m in ms if m["type"] == "problem"]) > seen)
         assert ws.of("problem")[-1]["data"]["errors"][0]["field"] == name
-    assert "not evaluated" in ws.of("problem")[3]["data"]["errors"][0]["message"]
     await ws.send({"op": "ping"})
     await ws.until(lambda ms: any(m["type"] == "pong" for m in ms))
 

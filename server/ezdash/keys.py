@@ -211,6 +211,35 @@ class Keys:
         """String with TTL: fingerprint of an ingested log batch (Idempotency-Key)."""
         return f"{self.base}:logs:batch:{batch_id}"
 
+    # -- alerts -------------------------------------------------------------
+    @property
+    def alert_rules(self) -> str:
+        """String: the alert rules as one JSON document (replaced whole by PUT)."""
+        return f"{self.base}:alerts:rules"
+
+    @property
+    def alerts_active(self) -> str:
+        """Hash: "<rule id>|<subject>" -> id of the alert firing for it."""
+        return f"{self.base}:alerts:active"
+
+    @property
+    def alerts_recent(self) -> str:
+        """Sorted set: alert id -> time it fired (unix ms); trimmed by retention."""
+        return f"{self.base}:alerts:recent"
+
+    def alert(self, alert_id: str) -> str:
+        """String with TTL: one alert as JSON, its webhook deliveries included."""
+        return f"{self.base}:alert:{alert_id}"
+
+    def alert_deliveries(self, alert_id: str) -> str:
+        """List with TTL: outcome of each webhook delivery of one alert, as JSON."""
+        return f"{self.base}:alert:{alert_id}:deliveries"
+
+    @property
+    def alert_lock(self) -> str:
+        """String lock so one server instance at a time evaluates the rules."""
+        return f"{self.base}:alerts:lock"
+
     # -- shared -------------------------------------------------------------
     @property
     def events(self) -> str:

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     log_maxlen: int = Field(1_000_000, ge=1000, description="Approximate cap of the log stream.")
     log_retention: Duration = 7 * 86400.0
     log_keepalive: Duration = 15.0
+    alert_interval: Duration = 15.0
+    alert_retention: Duration = 7 * 86400.0
+    webhook_attempts: int = Field(5, ge=1, le=20, description="Tries per webhook delivery.")
+    webhook_backoff: Duration = 1.0
+    webhook_timeout: Duration = 5.0
     ws_queue: int = Field(1000, ge=10, le=1_000_000, description="Frames a slow client may lag.")
 
     # -- analytics --------------------------------------------------------------------

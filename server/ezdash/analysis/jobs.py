@@ -107,6 +107,17 @@ def anomalies(series: pd.Series[Any], threshold: float) -> list[dict[str, Any]]:
     ]
 
 
+def spend_bound(history: pd.Series[Any], steps: int, level: float) -> tuple[float, float]:
+    """Expected spend over the next ``steps`` buckets and the upper bound of its
+    ``level`` % interval (the variance of the sum, not of each bucket)."""
+    try:
+        result = Forecaster(history, horizon=steps, nonnegative=True).fit()
+        total = result.cumulative(steps, level=level)
+    except AnalyticsInputError as e:
+        raise _guard(e) from None
+    return float(total["mean"].iloc[-1]), float(total["upper"].iloc[-1])
+
+
 def month_to_date(cost: pd.Series[Any], end_ms: int) -> float:
     """Spend since the start of the UTC month that ``end_ms`` falls in."""
     month_start = pd.Timestamp(end_ms, unit="ms", tz="UTC").replace(day=1, hour=0)

@@ -19,6 +19,7 @@ from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan, stats
 from ..timeutil import format_ms, parse_duration
+from .alerting import alerts_view
 from .errors import invalid
 from .metrics import FILTERS, MetricsHandler
 
@@ -440,7 +441,7 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
             "error_rate": round(errors / requests, 6) if requests else None,
             "latency_p95_ms": p95,
         },
-        "alerts": [],
+        "alerts": (await alerts_view(svc, recent_limit=0))["active"],
         "as_of": await svc.metrics.as_of(),
         "stats": {
             "exec_ms": round((time.perf_counter() - started) * 1000, 3),

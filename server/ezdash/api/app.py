@@ -10,7 +10,19 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
-from . import agents, analytics, auth, control, health, logs, metrics, ops, realtime, tasks
+from . import (
+    agents,
+    alerts,
+    analytics,
+    auth,
+    control,
+    health,
+    logs,
+    metrics,
+    ops,
+    realtime,
+    tasks,
+)
 from .base import APIHandler, NotFoundHandler
 from .services import Services
 
@@ -23,6 +35,7 @@ HANDLER_MODULES = (
     metrics,
     logs,
     realtime,
+    alerts,
     analytics,
     ops,
 )

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
+from ..timeutil import parse_duration
 
 QUEUE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TYPE_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
@@ -226,6 +227,119 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+ALERT_KINDS = ("error_rate", "latency_p95", "agent_unresponsive", "queue_age", "cost_burn")
+
+
+class Webhook(Strict):
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        description="Signs each POST (HMAC-SHA256); never shown again after PUT.",
+    )
+
+
+class AlertFilters(Strict):
+    agent: str | None = Field(None, min_length=1, max_length=128)
+    model: str | None = Field(None, min_length=1, max_length=200)
+    kind: str | None = Field(None, min_length=1, max_length=128)
+    queue: str | None = Field(None, pattern=QUEUE_PATTERN)
+
+
+class AlertRule(Strict):
+    """One rule. ``threshold`` means: error_rate a fraction (0-1] of requests;
+    latency_p95 milliseconds; queue_age seconds of the oldest waiting task;
+    cost_burn the interval level in percent (default 95) that spend over the window
+    must exceed; agent_unresponsive takes none."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    name: str = Field("", max_length=200)
+    kind: Literal["error_rate", "latency_p95", "agent_unresponsive", "queue_age", "cost_burn"]
+    threshold: float | None = Field(None, validate_default=True)
+    window: str = Field(
+        "5m", description="error_rate, latency_p95, cost_burn: e.g. 5m, 1h", validate_default=True
+    )
+    filters: AlertFilters = Field(default_factory=AlertFilters)
+    min_requests: int = Field(10, ge=1, le=1_000_000, description="error_rate only")
+    webhook: Webhook | None = None
+    enabled: bool = True
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_fits_kind(cls, value: float | None, info: ValidationInfo) -> float | None:
+        kind = info.data.get("kind")
+        bounds = {
+            "error_rate": (0.0, 1.0),
+            "latency_p95": (0.0, 3_600_000.0),
+            "queue_age": (0.0, 30 * 86_400.0),
+        }
+        if kind in bounds:
+            lo, hi = bounds[kind]
+            if value is None or not lo < value <= hi:
+                raise ValueError(f"{kind} needs a threshold in ({lo:g}, {hi:g}]")
+        if kind == "cost_burn" and value is not None and not 50 <= value < 100:
+            raise ValueError("cost_burn takes an interval level from 50 to 99.9 (percent)")
+        if kind == "agent_unresponsive" and value is not None:
+            raise ValueError("agent_unresponsive takes no threshold")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window_fits_kind(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        if not 60 <= seconds <= 86_400 or seconds % 60:
+            raise ValueError("whole minutes from 1m to 24h")
+        if info.data.get("kind") == "cost_burn" and seconds % 3600:
+            raise ValueError("cost_burn compares whole hours (1h, 2h, ...)")
+        return value
+
+
+class AlertRules(Strict):
+    """Body of PUT /api/alerts/rules: the whole set, replacing the previous one."""
+
+    rules: list[AlertRule] = Field(max_length=200)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        ids = [r.id for r in rules]
+        if len(ids) != len(set(ids)):
+            raise ValueError("rule ids must be unique")
+        return rules
+
+
+class Delivery(BaseModel):
+    event: Literal["fired", "resolved"]
+    attempts: int
+    status: int | None
+    error: str | None
+    at: Time
+
+
+class Alert(BaseModel):
+    id: str
+    rule_id: str
+    rule_name: str
+    kind: str
+    subject: str = Field(description="What fired: 'fleet', an agent id or a queue name")
+    status: Literal["firing", "resolved"]
+    value: float | None
+    threshold: float | None
+    message: str
+    fired_at: Time
+    resolved_at: Time | None
+    deliveries: list[Delivery]
+
+
+class AlertsAnswer(BaseModel):
+    active: list[Alert]
+    recent: list[Alert]
+
+
 class LogEntry(BaseModel):
     id: str = Field(description="Stream id 'ms-seq': monotonic, the resume point")
     ts: Time
@@ -396,6 +510,10 @@ class Problem(BaseModel):
 
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
+    AlertRule,
+    AlertRules,
+    Alert,
+    AlertsAnswer,
     LogEntry,
     LogPage,
     LogEntryIn,

@@ -361,6 +361,27 @@ def openapi_document() -> dict[str, Any]:
                 ],
             )
         },
+        "/api/alerts": {
+            "get": _op(
+                "Alerts firing now and the most recent ones, with webhook deliveries",
+                "read",
+                {"200": _ok(_ref("AlertsAnswer"))},
+            )
+        },
+        "/api/alerts/rules": {
+            "get": _op(
+                "The alert rules (webhook secrets are never shown)",
+                "read",
+                {"200": _ok(_ref("AlertRules"))},
+            ),
+            "put": _op(
+                "Replace the alert rules (a webhook without a secret keeps its old one "
+                "when id and URL are unchanged)",
+                "admin",
+                {"200": _ok(_ref("AlertRules"))},
+                body="AlertRules",
+            ),
+        },
         "/api/ws": {
             "get": _op(
                 "WebSocket (upgrade): send {op: subscribe|unsubscribe, topics, since} or "

@@ -33,8 +33,13 @@ from .base import APIHandler
 
 log = logging.getLogger(__name__)
 
-TOPICS = ("agents", "tasks", "queues", "errors", "logs")
-EVENT_TOPICS = {"agent.updated": "agents", "task.updated": "tasks"}
+TOPICS = ("agents", "tasks", "queues", "errors", "alerts", "logs")
+EVENT_TOPICS = {
+    "agent.updated": "agents",
+    "task.updated": "tasks",
+    "alert.fired": "alerts",
+    "alert.resolved": "alerts",
+}
 ERROR_STATUSES = frozenset({"failed", "dead"})
 QUEUE_INTERVAL_S = 1.0
 HUB_QUEUE = 100_000
@@ -334,10 +339,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
             return await self._problem("op", "one of subscribe, unsubscribe, ping")
         topics = msg.get("topics")
         if not isinstance(topics, list) or not topics or any(t not in TOPICS for t in topics):
-            hint = (
-                "alerts are not evaluated by this server yet; " if "alerts" in str(topics) else ""
-            )
-            return await self._problem("topics", f"{hint}a list of: {', '.join(TOPICS)}")
+            return await self._problem("topics", f"a list of: {', '.join(TOPICS)}")
         if op == "unsubscribe":
             client.topics.difference_update(topics)
             return None
@@ -382,7 +384,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
         svc = self.services
         async with client.lock:
             sent = 0
-            wants_events = topics & {"agents", "tasks", "errors"}
+            wants_events = topics & {"agents", "tasks", "errors", "alerts"}
             if wants_events and "events" in positions:
                 async for entries in read_after(
                     svc.redis, svc.keys.events, positions["events"], chunk=CATCH_UP_CHUNK

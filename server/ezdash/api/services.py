@@ -103,6 +103,7 @@ class Services:
     pending: set[asyncio.Task[None]] = field(default_factory=set)
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
     request_stats: RequestStats = field(default_factory=RequestStats)
+    deliveries: set[asyncio.Task[None]] = field(default_factory=set)
     hub: Any = None  # ezdash.api.realtime.Hub, made by the first WebSocket
 
     @classmethod
@@ -179,9 +180,11 @@ class Services:
         return None
 
     def start_background(self) -> None:
+        from .alerting import alert_loop
         from .maintenance import maintenance_loop
 
         self.background.append(asyncio.create_task(maintenance_loop(self), name="maintenance"))
+        self.background.append(asyncio.create_task(alert_loop(self), name="alerts"))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a write the response need not wait for (audit entries); close() waits."""
@@ -204,6 +207,9 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.background.clear()
+        for task in list(self.deliveries):
+            task.cancel()
+        await asyncio.gather(*self.deliveries, return_exceptions=True)
         if self.hub is not None:
             await self.hub.close()
         await self.log_tail.close()

@@ -13,6 +13,8 @@ NAMES = (
     "agent_purge",
     "authorize",
     "agent_put",
+    "alert_fire",
+    "alert_resolve",
     "command_create",
     "command_expire",
     "command_purge",

@@ -1,0 +1,39 @@
+"""Alerts: the active and recent ones, and the rules (PUT needs ``admin``)."""
+
+from __future__ import annotations
+
+from .alerting import alerts_view, load_rules, public_rule, save_rules
+from .base import APIHandler
+from .models import AlertRules
+
+
+class AlertsHandler(APIHandler):
+    scopes = {"GET": "read"}
+
+    async def get(self) -> None:
+        self.check_query(())
+        self.write_json(await alerts_view(self.services))
+
+
+class AlertRulesHandler(APIHandler):
+    scopes = {"GET": "read", "PUT": "admin"}
+    actions = {"PUT": "alerts.rules"}
+
+    async def get(self) -> None:
+        self.check_query(())
+        rules = await load_rules(self.services)
+        self.write_json({"rules": [public_rule(r) for r in rules]})
+
+    async def put(self) -> None:
+        self.check_query(())
+        body = self.json_body(AlertRules)
+        rules = [r.model_dump(mode="json") for r in body.rules]
+        saved = await save_rules(self.services, rules)
+        self.audit_detail = f"rules={len(saved)}"
+        self.write_json({"rules": [public_rule(r) for r in saved]})
+
+
+default_handlers = [
+    (r"/api/alerts", AlertsHandler),
+    (r"/api/alerts/rules", AlertRulesHandler),
+]
