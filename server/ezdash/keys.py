@@ -228,7 +228,7 @@ class Keys:
         return f"{self.base}:alerts:recent"
 
     def alert(self, alert_id: str) -> str:
-        """String with TTL: one alert as JSON, its webhook deliveries included."""
+        """String with TTL: one alert as JSON (its deliveries are in ``alert_deliveries``)."""
         return f"{self.base}:alert:{alert_id}"
 
     def alert_deliveries(self, alert_id: str) -> str:
