@@ -64,6 +64,7 @@ def project_server(redis_url: str, **env: str) -> Iterator[str]:
         "EZ_RATE_CONTROL": UNLIMITED,
         "EZ_RATE_PUBLIC": UNLIMITED,
         "EZ_BACKFILL_DAYS": "0",  # benchmarks seed their own data
+        "EZ_ANALYST": "false",
         **env,
     }
     proc = subprocess.Popen(

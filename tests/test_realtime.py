@@ -243,3 +243,17 @@ async def test_a_client_that_does_not_read_is_resynced_and_closed(api: Api, conn
     await ws.until(lambda ms: any(m["type"] == "resync" for m in ms), timeout=30)
     assert await ws.conn.read_message() is None
     assert ws.conn.close_code == 1013
+
+
+async def test_clients_connecting_at_once_get_each_event_once(api: Api, connect: Any) -> None:
+    # Twenty first connections race to start the hub; there must be one set of pumps.
+    clients = await asyncio.gather(*(connect() for _ in range(20)))
+    await asyncio.gather(*(subscribed(ws, ["tasks"]) for ws in clients))
+    made = (await api.post("/api/tasks", json={"type": "t", "queue": "once"})).json["task"]
+    for ws in clients:
+        await ws.until(lambda ms: any(m["type"] == "task.updated" for m in ms))
+    await api.post("/api/tasks", json={"type": "t", "queue": "once"})  # a marker after it
+    for ws in clients:
+        await ws.until(lambda ms: len([m for m in ms if m["type"] == "task.updated"]) >= 2)
+        first = [m for m in ws.of("task.updated") if m["data"]["id"] == made["id"]]
+        assert len(first) == 1

@@ -133,11 +133,12 @@ class Client:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.drop()
+            self.drop(f"{self.queue.maxsize} frames behind")
 
-    def drop(self) -> None:
+    def drop(self, why: str) -> None:
         """Too slow: say resync and close, instead of buffering without bound."""
         self.dropped = True
+        log.info("websocket client %s told to resync: %s", self.handler.client_ip, why)
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
                 self.queue.get_nowait()
@@ -155,13 +156,17 @@ class Hub:
             queue_size=HUB_QUEUE,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._starting = asyncio.Lock()
         self._queue_state: bytes | None = None
         self._tasks_changed = True
         self.frames_built = 0
 
     async def start(self) -> None:
-        if self._tasks:
-            return
+        async with self._starting:  # many clients connect at once; one set of pumps
+            if not self._tasks:
+                await self._start()
+
+    async def _start(self) -> None:
         events = await self.events.subscribe()
         logs = await self.services.log_tail.subscribe(HUB_QUEUE)
         self._tasks = [
@@ -186,15 +191,16 @@ class Hub:
             if topic in client.topics:
                 client.offer(item)
 
-    def resync_everyone(self) -> None:
+    def resync_everyone(self, why: str) -> None:
+        log.warning("every websocket client told to resync: %s", why)
         for client in list(self.clients):
-            client.drop()
+            client.drop(why)
 
     async def _pump_events(self, queue: asyncio.Queue[Any]) -> None:
         while True:
             got = await queue.get()
             if got is None:  # the hub itself fell behind: nobody can trust their stream
-                self.resync_everyone()
+                self.resync_everyone("the events tail fell behind")
                 queue = await self.events.subscribe()
                 continue
             entry_id, etype, data = got
@@ -209,7 +215,7 @@ class Hub:
         while True:
             got = await queue.get()
             if got is None:
-                self.resync_everyone()
+                self.resync_everyone("the log tail fell behind")
                 queue = await self.services.log_tail.subscribe(HUB_QUEUE)
                 continue
             entry_id, doc = got
@@ -408,7 +414,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
                     if sent >= MAX_CATCH_UP:
                         break
             if sent >= MAX_CATCH_UP:
-                client.drop()
+                client.drop("more to replay than a resume may send")
 
     async def _problem(self, name: str, message: str) -> None:
         """A bad client message is answered, not fatal: the connection stays open."""

@@ -19,6 +19,8 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+BLOCK_MS = 2000
+"""Well under redis-py 8's default 5 s socket timeout, which a longer block would hit."""
 
 
 class StreamTail(Generic[T]):
@@ -84,7 +86,7 @@ class StreamTail(Generic[T]):
                     while True:
                         reply = cast(
                             list[Any],
-                            await redis.xread({self.key: self.position}, block=5000),
+                            await redis.xread({self.key: self.position}, block=BLOCK_MS),
                         )
                         if not reply:
                             continue
