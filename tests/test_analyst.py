@@ -275,3 +275,26 @@ async def test_a_browser_signs_in_and_sees_the_page_fill_in(api: Api, served: Se
             assert errors == []
         finally:
             await browser.close()
+
+
+async def test_filtering_to_one_model_shows_that_slice(page: Page) -> None:
+    p = page.page
+    p.group_by.value = "model"
+    await p.refresh()
+    await wait_for(lambda: _done(p), timeout=60, what="the grouped view")
+    assert p.loaded is not None
+    by_model = p.loaded.frame.copy()
+    p.group_by.value = "none"
+    p.filter_dim.value = "model"
+    await wait_for(lambda: _async(bool(p.filter_value.options)), timeout=30, what="the model list")
+    assert set(p.filter_value.options) == set(by_model.columns)
+    busiest = str(p.filter_value.value)  # most requests first (the default choice)
+    assert busiest == p.filter_value.options[0]
+    await p.refresh()
+    await wait_for(lambda: _done(p), timeout=60, what="the filtered view")
+    assert p.current_query().filters == (("model", busiest),)
+    np.testing.assert_allclose(_fleet_line(p), by_model[busiest].to_numpy(), atol=1e-9)
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -117,6 +117,21 @@ class AnalystData:
 
         return await self.cache.get(key, ttl_s, compute)
 
+    async def group_values(self, dim: str, q: Query, now_ms: int) -> list[str]:
+        """Values of ``dim`` with data in the query's window, by total requests."""
+        end = now_ms // q.step_ms * q.step_ms
+        p = plan(
+            self.tiers,
+            start_ms=end - q.window_ms,
+            end_ms=end,
+            step_ms=q.step_ms,
+            now_ms=now_ms,
+            group_by=dim,
+            filters={},
+        )
+        frame = await load_plan(self.reader, p, "requests")
+        return [str(c) for c in frame.sum().sort_values(ascending=False).index]
+
     async def forecast(self, loaded: Loaded, q: Query) -> dict[str, Any]:
         steps = max(1, q.horizon_ms // loaded.plan.step_ms)
         key = ("forecast", q.metric, q.window_ms, q.step_ms, steps, q.filters, loaded.end_ms)

@@ -37,6 +37,7 @@ WINDOWS = {"24 hours": DAY, "7 days": 7 * DAY, "30 days": 30 * DAY, "90 days": 9
 STEPS = {"5 minutes": 5 * 60_000, "1 hour": HOUR, "1 day": DAY}
 HORIZONS = {"1 day": DAY, "2 days": 2 * DAY, "7 days": 7 * DAY, "30 days": 30 * DAY}
 GROUPS = ("none", "agent", "model", "kind", "queue")
+FILTER_DIMS = ("agent", "model", "kind", "queue")
 MAX_LINES = 8  # more groups than this is a table's job, not a chart's
 REFRESH_MS = 60_000
 
@@ -73,6 +74,10 @@ class AnalystPage:
         self.step = pn.widgets.Select(label="Step", options=list(STEPS), value="1 hour")
         self.group_by = pn.widgets.Select(label="Group by", options=list(GROUPS), value="none")
         self.horizon = pn.widgets.Select(label="Forecast", options=list(HORIZONS), value="2 days")
+        self.filter_dim = pn.widgets.Select(
+            label="Only", options=["none", *FILTER_DIMS], value="none", width=110
+        )
+        self.filter_value = pn.widgets.Select(label="equal to", options=[], width=200)
         self.refresh_button = pn.widgets.Button(label="Refresh", color="primary")
         self.auto = pn.widgets.Checkbox(label="Refresh every minute", value=True)
         self.download = pn.widgets.FileDownload(
@@ -98,8 +103,16 @@ class AnalystPage:
         self.queues_table = pn.widgets.Tabulator(
             pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width"
         )
-        for widget in (self.metric, self.window, self.step, self.group_by, self.horizon):
+        for widget in (
+            self.metric,
+            self.window,
+            self.step,
+            self.group_by,
+            self.horizon,
+            self.filter_value,
+        ):
             widget.param.watch(self._changed, "value")
+        self.filter_dim.param.watch(self._dimension_changed, "value")
         self.refresh_button.on_click(self._clicked)
 
     # -- layout -------------------------------------------------------------------
@@ -111,6 +124,8 @@ class AnalystPage:
             self.step,
             self.group_by,
             self.horizon,
+            self.filter_dim,
+            self.filter_value,
             pn.Column(self.refresh_button, self.auto),
             pn.Column(self.download, self.download_parquet),
         )
@@ -167,13 +182,38 @@ class AnalystPage:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _dimension_changed(self, _event: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self.load_filter_values())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def load_filter_values(self) -> None:
+        """The values seen in the window for the chosen dimension, busiest first; the
+        view refreshes when one is picked (or at once when the filter is cleared)."""
+        dim = str(self.filter_dim.value)
+        if dim == "none":
+            self.filter_value.options = []
+            self.filter_value.value = None
+            self.spawn_refresh()
+            return
+        q = self.current_query()
+        try:
+            values = await self.data.group_values(dim, q, await self.data.now_ms())
+        except (QueryError, RedisError, OSError) as e:
+            self.status.object = f"Cannot list {dim} values: {e}"
+            return
+        self.filter_value.options = values
+        self.filter_value.value = values[0] if values else None
+
     def current_query(self) -> Query:
+        dim, value = str(self.filter_dim.value), self.filter_value.value
         return Query(
             metric=str(self.metric.value),
             window_ms=WINDOWS[str(self.window.value)],
             step_ms=STEPS[str(self.step.value)],
             group_by=str(self.group_by.value),
             horizon_ms=HORIZONS[str(self.horizon.value)],
+            filters=((dim, str(value)),) if dim != "none" and value else (),
         )
 
     # -- the work -----------------------------------------------------------------
