@@ -84,13 +84,23 @@ class ResultCache:
             return value
         pending = self._inflight.get(key)
         if pending is not None:
-            result: T = await asyncio.shield(pending)
+            try:
+                result: T = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The caller computing it was cancelled, not this one: take over.
+                return await self.get(key, ttl_s, make)
             return result
         self.misses += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
             value = await make()
+        except asyncio.CancelledError:
+            fut.cancel()  # waiters see the cancellation and compute it themselves
+            raise
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: waiters get it, no "never retrieved" warning

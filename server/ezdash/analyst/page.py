@@ -54,6 +54,11 @@ def _day(ts: Any) -> str:
     return "n/a" if ts is None else str(ts)[:10]
 
 
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of a superseded refresh is moot
+
+
 def _card(title: str, value: str) -> pn.indicators.String:
     return pn.indicators.String(
         label=title, value=value, font_size="22pt", title_size="11pt", margin=(5, 25, 5, 10)
@@ -287,8 +292,11 @@ class AnalystPage:
                         self._show_predictions(result)
                 self.chart.object = self._figure(q, loaded, forecast, anomalies)
         finally:
+            # A superseded refresh lets its fits finish: the worker computes them
+            # anyway, the cache keeps them for the next refresh, and a newer refresh
+            # of the same view may be waiting on the very same computation.
             for task in pending:
-                task.cancel()
+                task.add_done_callback(_quiet)
         if generation != self._generation:
             return
         as_of = format_ms(loaded.end_ms)
