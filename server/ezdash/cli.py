@@ -177,6 +177,8 @@ async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None
         speed=speed,
         stop=stop,
         produce_tasks=produce,
+        log_maxlen=settings.log_maxlen,
+        log_retention=settings.log_retention,
     )
 
 

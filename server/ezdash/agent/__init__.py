@@ -1,15 +1,21 @@
 """The agent runtime: what a real agent imports to join the fleet.
 
-    from ezdash.agent import Agent, TaskContext, PermanentError
+    from ezdash.agent import Agent, AgentConfig, TaskContext, PermanentError
 
     async def handle(ctx: TaskContext) -> dict:
+        ctx.info("summarizing", chars=len(ctx.payload["text"]))
         return {"summary": await call_llm(ctx.payload["text"])}
 
-    await Agent("summarizer-1", handle, redis_url=..., queues=["summarize"]).run()
+    config = AgentConfig(queues=["summarize"])
+    await Agent("summarizer-1", handle, redis_url=..., config=config).run()
 
-The Redis protocol it speaks is in docs/agent-protocol.md.
+Log lines written with ``ctx.info`` (or ``ctx.log``, ``Agent.log``, or plain
+``logging`` inside a handler, captured by ``LogHandler``) reach the dashboard's log
+view with the agent and task id. The Redis protocol it speaks is in
+docs/agent-protocol.md.
 """
 
+from .logs import LogHandler, LogRecorder
 from .runtime import Agent, AgentConfig, PermanentError, TaskContext
 
-__all__ = ["Agent", "AgentConfig", "PermanentError", "TaskContext"]
+__all__ = ["Agent", "AgentConfig", "LogHandler", "LogRecorder", "PermanentError", "TaskContext"]

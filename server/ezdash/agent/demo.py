@@ -2,7 +2,9 @@
 
 Everything goes through the same client a real agent uses; only the "LLM call"
 is simulated, with log-normal latency and the failure mix seen in practice
-(rate limits and timeouts that retry, a few bad requests that do not).
+(rate limits and timeouts that retry, a few bad requests that do not). Handlers log
+the way a real one would (the model called, token counts, provider trouble), a few
+lines per task, so the log view has something true to show.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ def make_handler(kind: Kind, rng: random.Random, speed: float) -> Any:
         model = rng.choice(kind.models)
         provider = "anthropic" if model.startswith("claude") else "openai"
         latency = rng.lognormvariate(math.log(kind.median_latency_s), 0.5) / speed
+        ctx.debug(f"calling {model}", model=model, provider=provider, task_type=ctx.type)
         await asyncio.sleep(min(latency, 30.0))
+        seconds = latency * speed  # as the simulated call would have taken
         prompt = rng.randint(300, 12_000)
         cached = rng.randint(0, prompt // 2) if rng.random() < 0.6 else 0
         creation = rng.randint(0, (prompt - cached) // 4) if provider == "anthropic" else 0
@@ -97,20 +101,58 @@ def make_handler(kind: Kind, rng: random.Random, speed: float) -> Any:
         roll = rng.random()
         if roll < 0.03:
             ctx.record_usage(**usage, status="error", error_type="RateLimited")
+            ctx.warning(
+                f"{provider} rate limit hit (429) on {model}",
+                model=model,
+                retry_after_s=round(rng.uniform(1.0, 20.0), 1),
+            )
             raise RateLimited("429 from provider: rate limit exceeded, retry later")
         if roll < 0.05:
             ctx.record_usage(**usage, status="error", error_type="UpstreamTimeout")
+            ctx.warning(
+                f"{provider} did not answer within {seconds:.1f}s",
+                model=model,
+                timeout_s=round(seconds, 1),
+            )
             raise UpstreamTimeout(f"provider did not answer within {latency:.1f}s")
         ctx.record_usage(**usage)
         if roll < 0.06:
+            ctx.error(
+                f"{model} rejected the request: prompt (with history) exceeds the context window",
+                model=model,
+                input_tokens=prompt,
+            )
             raise PermanentError("request rejected: prompt exceeds the context window")
+        if seconds > 2.5 * kind.median_latency_s:
+            ctx.warning(
+                f"slow response from {model}: {seconds:.1f}s",
+                model=model,
+                median_s=kind.median_latency_s,
+            )
+        ctx.info(
+            f"{model} answered: {prompt} in ({cached} cached) / {output} out tokens "
+            f"in {seconds:.2f}s",
+            model=model,
+            provider=provider,
+            input_tokens=prompt,
+            cached_tokens=cached,
+            output_tokens=output,
+            latency_ms=round(seconds * 1000, 1),
+        )
         return {"model": model, "output_tokens": output}
 
     return handle
 
 
 def fleet_configs(
-    n: int, *, prefix: str, heartbeat: float, visibility: float, seed: int = 7
+    n: int,
+    *,
+    prefix: str,
+    heartbeat: float,
+    visibility: float,
+    seed: int = 7,
+    log_maxlen: int = 1_000_000,
+    log_retention: float = 7 * 86400.0,
 ) -> list[tuple[str, Kind, AgentConfig]]:
     rng = random.Random(seed)
     out = []
@@ -129,6 +171,8 @@ def fleet_configs(
             prefix=prefix,
             heartbeat_interval=heartbeat,
             visibility_timeout=visibility,
+            log_maxlen=log_maxlen,
+            log_retention=log_retention,
         )
         out.append((f"demo-{kind.name}-{i + 1:03d}", kind, cfg))
     return out
@@ -160,6 +204,8 @@ async def run_fleet(
     speed: float = 1.0,
     stop: asyncio.Event | None = None,
     produce_tasks: bool = True,
+    log_maxlen: int = 1_000_000,
+    log_retention: float = 7 * 86400.0,
 ) -> None:
     """Run n agents and a producer until ``stop`` is set, then stop them gracefully."""
     stop = stop or asyncio.Event()
@@ -172,7 +218,12 @@ async def run_fleet(
             config=cfg,
         )
         for aid, kind, cfg in fleet_configs(
-            n, prefix=prefix, heartbeat=heartbeat, visibility=visibility
+            n,
+            prefix=prefix,
+            heartbeat=heartbeat,
+            visibility=visibility,
+            log_maxlen=log_maxlen,
+            log_retention=log_retention,
         )
     ]
     runs = [asyncio.create_task(a.run(), name=a.id) for a in agents]

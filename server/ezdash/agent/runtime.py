@@ -4,13 +4,16 @@ Three loops run side by side: *work* (take a task, run the handler, report),
 *pulse* (heartbeat, renew the leases of running tasks, notice cancellations,
 reclaim deliveries of dead agents), and *control* (read this agent's command
 stream).  Blocking Redis reads get their own connections so a long XREAD never
-holds up a heartbeat.
+holds up a heartbeat.  Usage and log entries are buffered and written in batches
+by background flushers (``metrics.recorder``, ``agent.logs``), so a handler never
+waits on Redis to report a call or write a line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -37,9 +40,11 @@ from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.recorder import UsageRecorder
 from ..metrics.rollup import DEFAULT_TIERS, parse_tiers
 from ..store.commands import CommandStore
+from ..store.logs import LogStore
 from ..store.scripts import Scripts
 from ..store.tasks import Delivery, TaskStore
 from ..timeutil import now_ms
+from .logs import LogHandler, LogRecorder, Scope, current_scope
 
 log = logging.getLogger("ezdash.agent")
 
@@ -78,6 +83,18 @@ class AgentConfig:
     record_usage: bool = True
     rollup_tiers: str = DEFAULT_TIERS  # must match the server's EZ_ROLLUP_TIERS
     usage_flush_s: float = 1.0
+    # -- logs (docs/agent-protocol.md §11) --
+    record_logs: bool = True
+    log_maxlen: int = 1_000_000  # every writer trims the stream: use the server's EZ_LOG_MAXLEN
+    log_retention: float = 7 * 86400.0  # seconds; the server's EZ_LOG_RETENTION
+    log_flush_s: float = 0.5
+    log_batch: int = 200
+    log_buffer: int = 10_000  # entries kept while Redis is away; the oldest go first
+    capture_logging: bool = True
+    """Forward Python ``logging`` records made by the agent's code (in a handler or
+    its hooks) to the log stream; see ``LogHandler`` for what is and is not taken."""
+    capture_loggers: list[str] = field(default_factory=lambda: [""])  # "" is the root logger
+    capture_level: int | str = logging.INFO
 
 
 @dataclass
@@ -91,6 +108,24 @@ class TaskContext:
     attempt: int
     max_attempts: int
     agent: Agent
+
+    def log(self, level: str | int, message: str, /, **fields: Any) -> None:
+        """Write a log entry about this task (agent and task id are added); returns at
+        once, the entry is written with others within ``log_flush_s``. ``level`` is a
+        name (``debug`` … ``critical``) or a ``logging`` number; a bad one raises."""
+        self.agent._log(level, message, self.id, fields)
+
+    def debug(self, message: str, /, **fields: Any) -> None:
+        self.agent._log("debug", message, self.id, fields)
+
+    def info(self, message: str, /, **fields: Any) -> None:
+        self.agent._log("info", message, self.id, fields)
+
+    def warning(self, message: str, /, **fields: Any) -> None:
+        self.agent._log("warning", message, self.id, fields)
+
+    def error(self, message: str, /, **fields: Any) -> None:
+        self.agent._log("error", message, self.id, fields)
 
     def record_usage(
         self,
@@ -172,6 +207,22 @@ class Agent:
                 _prices(),
                 flush_every_s=self.config.usage_flush_s,
             )
+        self.log_recorder: LogRecorder | None = None
+        if self.config.record_logs:
+            self.log_recorder = LogRecorder(
+                LogStore(
+                    self.redis,
+                    self.keys,
+                    scripts,
+                    maxlen=self.config.log_maxlen,
+                    retention_ms=int(self.config.log_retention * 1000),
+                ),
+                self.id,
+                flush_every_s=self.config.log_flush_s,
+                max_batch=self.config.log_batch,
+                max_buffer=self.config.log_buffer,
+            )
+        self.log_handler: LogHandler | None = None
         self.status = "starting"
         self.restarts = 0
         self.started_at = now_ms()
@@ -265,6 +316,32 @@ class Agent:
         )
         self.recorder.record(event, kind=self.config.kind, queue=queue)
 
+    # -- logs ---------------------------------------------------------------------
+    def log(self, level: str | int, message: str, /, **fields: Any) -> None:
+        """Write an agent-level log entry (no task id); returns at once. For a line
+        about a task use ``ctx.log``/``ctx.info``, which adds the task id."""
+        self._log(level, message, None, fields)
+
+    def _log(
+        self, level: str | int, message: str, task_id: str | None, fields: dict[str, Any]
+    ) -> None:
+        if self.log_recorder is not None:
+            self.log_recorder.log(level, message, task_id=task_id, fields=fields)
+
+    def _attach_logging(self) -> None:
+        if self.log_recorder is None or not self.config.capture_logging:
+            return
+        self.log_handler = LogHandler(self, self.config.capture_level)
+        for name in self.config.capture_loggers:
+            logging.getLogger(name).addHandler(self.log_handler)
+
+    def _detach_logging(self) -> None:
+        if self.log_handler is None:
+            return
+        for name in self.config.capture_loggers:
+            logging.getLogger(name).removeHandler(self.log_handler)
+        self.log_handler = None
+
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
         """Run until stopped by a command or by ``stop()``."""
@@ -272,6 +349,24 @@ class Agent:
         await self.publish("starting")
         self._accepting.set()
         await self.publish("idle")
+        # Everything started from here (loops, hooks, handlers) logs as this agent.
+        token = (
+            current_scope.set(Scope(self.log_recorder, self.id))
+            if self.log_recorder is not None
+            else None
+        )
+        self._attach_logging()
+        cfg = self.config
+        self.log(
+            "info",
+            f"agent started ({cfg.kind}, queues {', '.join(cfg.queues)})",
+            kind=cfg.kind,
+            queues=cfg.queues,
+            concurrency=cfg.concurrency,
+            version=__version__,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
         self._loops = [
             asyncio.create_task(self._work(i), name=f"{self.id}:work{i}")
             for i in range(self.config.concurrency)
@@ -282,6 +377,8 @@ class Agent:
             await self._stopped.wait()
         finally:
             await self._shutdown_loops()
+            if token is not None:
+                current_scope.reset(token)
 
     async def _redis_now(self) -> int:
         """The Redis clock, which every agent and server shares."""
@@ -294,8 +391,17 @@ class Agent:
         self.status = "stopping"
         self._accepting.clear()
         self._forcing = force
+        self.log(
+            "info",
+            "agent stopping"
+            + (" (forced: running tasks go back to their queues)" if force else ""),
+            force=force,
+            running=len(self.running),
+            **({"command_id": command_id} if command_id else {}),
+        )
         await self._publish_quiet()
         await self._drain(force=force)
+        self.log("info", "agent stopped", completed=self.completed)
         with contextlib.suppress(RedisError):
             await self.publish("stopped")
             if command_id:
@@ -324,6 +430,7 @@ class Agent:
         for client in self._blocking:
             await client.aclose()
         self._blocking.clear()
+        self._detach_logging()
         if self.recorder is not None and self._killed:
             await self.recorder.abandon()
         elif self.recorder is not None:
@@ -331,6 +438,18 @@ class Agent:
                 await self.recorder.close()  # what was recorded is written before we go
             except (RedisError, OSError) as e:
                 log.warning("%s: usage not written at shutdown: %s", self.id, e)
+        if self.log_recorder is not None and self._killed:
+            await self.log_recorder.abandon()
+        elif self.log_recorder is not None:
+            try:
+                await self.log_recorder.close()
+            except (RedisError, OSError) as e:
+                log.warning(
+                    "%s: %d log entries not written at shutdown: %s",
+                    self.id,
+                    self.log_recorder.pending,
+                    e,
+                )
         if self._owns_redis:
             await self.redis.aclose()
 
@@ -342,6 +461,12 @@ class Agent:
                     await task
                 await self._report(lambda d=d: self._abandon(d))  # type: ignore[misc]
                 self.running.pop(tid, None)
+                self._log(
+                    "warning",
+                    "task handed back to its queue (forced stop)",
+                    tid,
+                    {"attempt": d.attempt},
+                )
         await self._idle.wait()  # every taken task reported
 
     def _blocking_client(self) -> Redis:
@@ -418,7 +543,19 @@ class Agent:
             return
         began = time.monotonic()
         ctx = TaskContext(d.id, d.type, d.queue, d.payload, d.attempt, d.max_attempts, self)
-        task: asyncio.Task[Any] = asyncio.create_task(self.handler(ctx), name=f"{self.id}:{d.id}")
+        ctx.info(
+            f"task started ({d.type}, attempt {d.attempt}/{d.max_attempts})",
+            type=d.type,
+            queue=d.queue,
+            attempt=d.attempt,
+            max_attempts=d.max_attempts,
+        )
+        context = contextvars.copy_context()
+        if self.log_recorder is not None:  # logging calls in the handler carry the task id
+            context.run(current_scope.set, Scope(self.log_recorder, self.id, d.id))
+        task: asyncio.Task[Any] = asyncio.create_task(
+            self.handler(ctx), name=f"{self.id}:{d.id}", context=context
+        )
         self.running[d.id] = (d, task)
         error: tuple[str, str] | None = None
         retryable = True
@@ -451,6 +588,7 @@ class Agent:
                     d, self.id, result=result, error=error, retryable=retryable, backoff_s=backoff
                 )
             )
+            self._log_outcome(ctx, outcome, status, error, backoff, time.monotonic() - began)
             if outcome == "stale":
                 log.info("%s: result for %s discarded: task is now %s", self.id, d.id, status)
             elif self.recorder is not None and status in ("succeeded", "failed", "dead"):
@@ -466,6 +604,40 @@ class Agent:
         finally:
             self.running.pop(d.id, None)
         await self._publish_quiet()
+
+    @staticmethod
+    def _log_outcome(
+        ctx: TaskContext,
+        outcome: str,
+        status: str,
+        error: tuple[str, str] | None,
+        backoff_s: float,
+        took_s: float,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "status": status,
+            "attempt": ctx.attempt,
+            "max_attempts": ctx.max_attempts,
+            "duration_ms": round(took_s * 1000, 1),
+        }
+        if error is not None:
+            fields["error_type"], fields["error"] = error
+        what = f"{error[0]}: {error[1]}" if error is not None else ""
+        if outcome == "stale":
+            ctx.warning(f"outcome discarded: the task is now {status}", **fields)
+        elif status == "succeeded":
+            ctx.info(f"task succeeded in {took_s:.2f}s", **fields)
+        elif status == "queued":
+            ctx.warning(
+                f"attempt {ctx.attempt}/{ctx.max_attempts} failed ({what}); "
+                f"retry in {backoff_s:.1f}s",
+                backoff_s=round(backoff_s, 3),
+                **fields,
+            )
+        elif status == "dead":
+            ctx.error(f"task dead after {ctx.attempt} attempts ({what})", **fields)
+        else:
+            ctx.error(f"task {status} ({what})" if what else f"task {status}", **fields)
 
     async def _abandon(self, d: Delivery) -> tuple[str, str]:
         return "ok", await self.tasks.abandon(d, self.id)
@@ -486,6 +658,12 @@ class Agent:
                 for tid, (d, task) in list(self.running.items()):
                     if not await self.tasks.lease(d, self.id):
                         log.info("%s: lost task %s (cancelled or reclaimed)", self.id, tid)
+                        self._log(
+                            "warning",
+                            "lease lost (task cancelled or reclaimed): stopping its handler",
+                            tid,
+                            {"attempt": d.attempt},
+                        )
                         task.cancel()
                 if beats % max(1, int(cfg.visibility_timeout / cfg.heartbeat_interval / 2)) == 0:
                     for queue in cfg.queues:
@@ -520,6 +698,7 @@ class Agent:
         status = await self.commands.update(cid, "acknowledged", agent_id=self.id)
         if status != "acknowledged":
             return  # already handled, expired or not ours: do nothing
+        self.log("info", f"command received: {action}", command_id=cid, action=action, force=force)
         try:
             if action == "restart":
                 await self._restart()
@@ -535,6 +714,13 @@ class Agent:
             return  # the command stays acknowledged; the sweep fails it if we die
         except Exception as e:
             log.exception("%s: %s failed", self.id, action)
+            self.log(
+                "error",
+                f"command {action} failed ({type(e).__name__}: {e})",
+                command_id=cid,
+                action=action,
+                error_type=type(e).__name__,
+            )
             self._accepting.set()  # a failed re-initialisation must not park the agent
             await self.commands.update(
                 cid, "failed", agent_id=self.id, error=f"{type(e).__name__}: {e}"
@@ -547,6 +733,7 @@ class Agent:
     async def _restart(self) -> None:
         """Stop taking work, let running tasks finish, re-initialise, count it."""
         self._accepting.clear()
+        self.log("info", "agent restarting", running=len(self.running))
         await self.publish("restarting")
         await self._drain(force=False)
         if self.on_restart is not None:
@@ -554,4 +741,5 @@ class Agent:
         self.restarts += 1
         self.started_at = await self._redis_now()
         self._accepting.set()
+        self.log("info", "agent restarted", restarts=self.restarts)
         await self._publish_quiet()
