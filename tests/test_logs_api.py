@@ -358,3 +358,23 @@ async def test_a_reader_that_falls_behind_is_dropped_not_buffered(api: Api) -> N
 async def _has_sign_off(queue: asyncio.Queue[Any]) -> bool:
     await asyncio.sleep(0)
     return None in list(queue._queue)  # type: ignore[attr-defined]
+
+
+async def test_stream_survives_a_redis_restart_without_gaps(
+    api: Api, stream_clients: list[SSE], redis_server: Any
+) -> None:
+    c = await open_stream(api, stream_clients)
+    await ingest(api, [entry(i) for i in range(2)])
+    await c.until(lambda: len(c.events) == 2)
+    redis_server.stop()  # graceful: the AOF keeps what was accepted
+    redis_server.start()  # the SSE connection stays open through the outage
+    await api.services.redis.connection_pool.disconnect()
+
+    async def accepted() -> bool:
+        r = await api.post("/api/ingest/logs", json=[entry(i) for i in range(2, 4)])
+        return r.status == 202
+
+    await wait_for(accepted, timeout=20, what="ingest after the restart")
+    await c.until(lambda: len(c.events) >= 4, timeout=20)
+    assert [e["data"]["fields"]["i"] for e in c.events] == [0, 1, 2, 3]
+    assert len({e["id"] for e in c.events}) == 4
