@@ -298,3 +298,23 @@ async def test_filtering_to_one_model_shows_that_slice(page: Page) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_firing_alerts_are_listed(api: Api, page: Page) -> None:
+    from ezdash.api.alerting import evaluate_all
+
+    rule = {"id": "backlog", "kind": "queue_age", "threshold": 0.05}
+    assert (await api.fetch("PUT", "/api/alerts/rules", json={"rules": [rule]})).status == 200
+    await api.post("/api/tasks", json={"type": "t", "queue": "stuck"})
+
+    async def fired() -> bool:
+        return (await evaluate_all(api.services))["fired"] == 1 or bool(
+            (await api.get("/api/alerts")).json["active"]
+        )
+
+    await wait_for(fired, what="the queue_age alert")
+    p = page.page
+    await p.refresh()
+    table = p.alerts_table.value
+    assert list(table["subject"]) == ["stuck"]
+    assert "stuck" in table["message"].iloc[0]

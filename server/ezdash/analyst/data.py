@@ -18,6 +18,7 @@ from analytics.loader import COUNTER_METRICS, load_plan
 
 from ..analysis import jobs
 from ..analysis.pool import AnalyticsPool, ResultCache
+from ..api.alerting import alerts_view
 from ..api.services import make_redis
 from ..keys import Keys
 from ..metrics.query import Plan, Reader, plan
@@ -116,6 +117,11 @@ class AnalystData:
             return await self.pool.run(fn, *args)
 
         return await self.cache.get(key, ttl_s, compute)
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """Alerts firing now (the server evaluates the rules; the page only reads)."""
+        view = await alerts_view(self.redis, self.keys, recent_limit=0)
+        return list(view["active"])
 
     async def group_values(self, dim: str, q: Query, now_ms: int) -> list[str]:
         """Values of ``dim`` with data in the query's window, by total requests."""

@@ -94,7 +94,7 @@ class AnalystPage:
             label="Export Parquet",
             embed=False,
         )
-        self.progress = pn.indicators.Progress(value=0, max=5, width=220, bar_color="primary")
+        self.progress = pn.indicators.Progress(value=0, max=6, width=220, bar_color="primary")
         self.status = pn.pane.Markdown("Loading…", margin=(0, 10))
         self.kpis = pn.Row()
         self.chart = pn.pane.Bokeh(self._empty_figure(), sizing_mode="stretch_width")
@@ -103,6 +103,9 @@ class AnalystPage:
             pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width"
         )
         self.anomalies_table = pn.widgets.Tabulator(
+            pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width"
+        )
+        self.alerts_table = pn.widgets.Tabulator(
             pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width"
         )
         self.queues_table = pn.widgets.Tabulator(
@@ -145,6 +148,7 @@ class AnalystPage:
                 ("Trends", self.trends_table),
                 ("Anomalies", self.anomalies_table),
                 ("Queues", self.queues_table),
+                ("Alerts", self.alerts_table),
             ),
             sizing_mode="stretch_width",
         )
@@ -254,6 +258,7 @@ class AnalystPage:
             ("anomalies", lambda: self.data.anomalies(loaded, q)),
             ("trends", lambda: self.data.trends(q, now)),
             ("predictions", lambda: self.data.predictions(now, q)),
+            ("alerts", self.data.alerts),
         ]
         # All at once: the worker pool bounds how many fits run together.
         pending = {asyncio.ensure_future(make()): name for name, make in steps}
@@ -288,6 +293,8 @@ class AnalystPage:
                         self._show_anomalies(result)
                     elif name == "trends":
                         self._show_trends(result)
+                    elif name == "alerts":
+                        self._show_alerts(result)
                     else:
                         self._show_predictions(result)
                 self.chart.object = self._figure(q, loaded, forecast, anomalies)
@@ -326,6 +333,12 @@ class AnalystPage:
     def _show_anomalies(self, items: list[dict[str, Any]]) -> None:
         self.anomalies_table.value = pd.DataFrame(
             items, columns=["ts", "value", "expected", "score", "direction", "kind"]
+        )
+
+    def _show_alerts(self, items: list[dict[str, Any]]) -> None:
+        columns = ["fired_at", "rule_name", "subject", "message"]
+        self.alerts_table.value = pd.DataFrame(
+            [{c: a.get(c) for c in columns} for a in items], columns=columns
         )
 
     def _show_trends(self, items: list[dict[str, Any]]) -> None:

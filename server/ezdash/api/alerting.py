@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pandas as pd
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from ..aio import reraise_if_cancelling
 from ..analysis import jobs
 from ..ids import new_id
+from ..keys import Keys
 from ..metrics.histogram import merge
 from ..metrics.query import QueryError, percentiles, plan
 from ..timeutil import format_ms, parse_duration
@@ -421,16 +423,16 @@ async def deliver(svc: Services, hook: dict[str, Any], doc: dict[str, Any], even
 # -- reading -------------------------------------------------------------------------
 
 
-async def alerts_view(svc: Services, recent_limit: int = 100) -> dict[str, Any]:
-    active_ids = set(cast(dict[str, str], await svc.redis.hgetall(svc.keys.alerts_active)).values())
-    recent_ids = cast(
-        list[str], await svc.redis.zrevrange(svc.keys.alerts_recent, 0, recent_limit - 1)
-    )
+async def alerts_view(redis: Redis, keys: Keys, recent_limit: int = 100) -> dict[str, Any]:
+    """Active alerts and the most recent ones, each with its deliveries (the API, the
+    summary and the analyst page read them alike)."""
+    active_ids = set(cast(dict[str, str], await redis.hgetall(keys.alerts_active)).values())
+    recent_ids = cast(list[str], await redis.zrevrange(keys.alerts_recent, 0, recent_limit - 1))
     ids = list(dict.fromkeys([*sorted(active_ids), *recent_ids]))
-    async with svc.redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         for alert_id in ids:
-            pipe.get(svc.keys.alert(alert_id))
-            pipe.lrange(svc.keys.alert_deliveries(alert_id), 0, -1)
+            pipe.get(keys.alert(alert_id))
+            pipe.lrange(keys.alert_deliveries(alert_id), 0, -1)
         replies = await pipe.execute()
     docs: dict[str, dict[str, Any]] = {}
     for alert_id, raw, deliveries in zip(ids, replies[::2], replies[1::2], strict=True):

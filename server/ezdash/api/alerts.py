@@ -12,7 +12,7 @@ class AlertsHandler(APIHandler):
 
     async def get(self) -> None:
         self.check_query(())
-        self.write_json(await alerts_view(self.services))
+        self.write_json(await alerts_view(self.services.redis, self.services.keys))
 
 
 class AlertRulesHandler(APIHandler):

@@ -441,7 +441,7 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
             "error_rate": round(errors / requests, 6) if requests else None,
             "latency_p95_ms": p95,
         },
-        "alerts": (await alerts_view(svc, recent_limit=0))["active"],
+        "alerts": (await alerts_view(svc.redis, svc.keys, recent_limit=0))["active"],
         "as_of": await svc.metrics.as_of(),
         "stats": {
             "exec_ms": round((time.perf_counter() - started) * 1000, 3),
