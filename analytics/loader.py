@@ -95,6 +95,19 @@ async def load_plan(reader: Reader, p: Plan, metric: str) -> pd.DataFrame:
     return frame
 
 
+def fleet_series(frame: pd.DataFrame, metric: str) -> pd.Series[float]:
+    """The single column of an ungrouped load as floats: zeros when nothing was
+    recorded at all (no group has data), counters zero-filled, rates and percentiles
+    NaN where there was no data."""
+    if len(frame.columns):
+        series = frame.iloc[:, 0].astype(float)
+    else:
+        series = pd.Series(np.zeros(len(frame.index)), index=frame.index, dtype=float)
+    if metric in COUNTER_METRICS:
+        series = series.fillna(0.0)
+    return series.rename("all")
+
+
 async def load_metric(
     reader: Reader,
     tiers: Sequence[Tier],
@@ -226,6 +239,7 @@ __all__ = [
     "METRICS",
     "NONNEGATIVE",
     "RedisSource",
+    "fleet_series",
     "load_metric",
     "load_plan",
     "read_file",

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from analytics.loader import COUNTER_METRICS, load_plan
+from analytics.loader import COUNTER_METRICS, fleet_series, load_plan
 
 from ..analysis import jobs
 from ..analysis.pool import AnalyticsPool, ResultCache
@@ -92,7 +91,7 @@ class AnalystData:
         )
         frame = await load_plan(self.reader, p, q.metric)
         if q.group_by == "none":
-            total = frame.iloc[:, 0] if len(frame.columns) else _zeros(frame.index)
+            total = fleet_series(frame, q.metric)
         else:
             # The fleet line is loaded, not summed: rates and percentiles do not add up.
             fleet = plan(
@@ -104,12 +103,9 @@ class AnalystData:
                 group_by="none",
                 filters=dict(q.filters),
             )
-            whole = await load_plan(self.reader, fleet, q.metric)
-            total = whole.iloc[:, 0] if len(whole.columns) else _zeros(whole.index)
-        total = total.astype(float).rename("all")
+            total = fleet_series(await load_plan(self.reader, fleet, q.metric), q.metric)
         if q.metric in COUNTER_METRICS:
             frame = frame.fillna(0.0)
-            total = total.fillna(0.0)
         return Loaded(frame, total, p, end)
 
     async def _cached(self, key: tuple[Any, ...], ttl_s: float, fn: Any, *args: Any) -> Any:
@@ -181,15 +177,10 @@ class AnalystData:
             group_by="none",
             filters=dict(q.filters),
         )
-        frame = await load_plan(self.reader, p, "cost_usd")
-        cost = (frame.iloc[:, 0] if len(frame.columns) else _zeros(frame.index)).astype(float)
+        cost = fleet_series(await load_plan(self.reader, p, "cost_usd"), "cost_usd")
         month_cost = jobs.month_to_date(cost, end)
         budget = self.settings.monthly_budget_usd
         key = ("predictions", budget, q.filters, end)
         out = dict(await self._cached(key, 300.0, jobs.predictions, cost, month_cost, budget, 80.0))
         out["queues"] = await self.tasks.queue_stats(now_ms)
         return out
-
-
-def _zeros(index: pd.Index[Any]) -> pd.Series[float]:
-    return pd.Series(np.zeros(len(index)), index=index, name="all")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
-import pandas as pd
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -38,7 +37,7 @@ from ..timeutil import format_ms, parse_duration
 if TYPE_CHECKING:
     from .services import Services
 
-from analytics.loader import load_plan
+from analytics.loader import fleet_series, load_plan
 
 log = logging.getLogger("ezdash.alerts")
 
@@ -117,6 +116,11 @@ async def _usage(
     return requests, errors, p95
 
 
+def _one_dimension(filters: dict[str, str]) -> dict[str, str]:
+    """Rollups are indexed by one dimension at a time: keep the first filter."""
+    return dict(sorted(filters.items())[:1])
+
+
 def _scope(filters: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(filters.items())) or "the fleet"
 
@@ -128,8 +132,7 @@ async def evaluate(svc: Services, rule: dict[str, Any], now: int) -> list[Findin
     window_ms = int(parse_duration(rule.get("window", "5m")) * 1000)
     window = rule.get("window", "5m")
     if kind in ("error_rate", "latency_p95"):
-        if len(filters) > 1:
-            filters = dict([sorted(filters.items())[0]])  # rollups index one dimension
+        filters = _one_dimension(filters)
         requests, errors, p95 = await _usage(svc, filters, window_ms, now)
         if kind == "error_rate":
             rate = errors / requests if requests else 0.0
@@ -201,8 +204,7 @@ async def _cost_burn(
     level = float(rule.get("threshold") or 95.0)
     end = now // HOUR * HOUR
     cut = end - window_ms
-    if len(filters) > 1:
-        filters = dict([sorted(filters.items())[0]])
+    filters = _one_dimension(filters)
     p = plan(
         svc.tiers,
         start_ms=cut - 30 * DAY,
@@ -212,10 +214,7 @@ async def _cost_burn(
         group_by="none",
         filters=filters,
     )
-    frame = await load_plan(svc.metrics, p, "cost_usd")
-    cost = (frame.iloc[:, 0] if len(frame.columns) else pd.Series(0.0, index=frame.index)).fillna(
-        0.0
-    )
+    cost = fleet_series(await load_plan(svc.metrics, p, "cost_usd"), "cost_usd")
     steps = window_ms // HOUR
     history, recent = cost.iloc[:-steps], cost.iloc[-steps:]
     spent = float(recent.sum())

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.loader import COUNTER_METRICS, METRICS, load_plan
+from analytics.loader import METRICS, fleet_series, load_plan
 
 from ..analysis import jobs
 from ..metrics.histogram import merge
@@ -100,14 +100,7 @@ class AnalyticsHandler(MetricsHandler):
             now=now,
             from_field=span_field,
         )
-        frame = await load_plan(svc.metrics, p, metric)
-        series = (
-            frame.iloc[:, 0]
-            if len(frame.columns)
-            else pd.Series(np.zeros(p.buckets), index=frame.index)
-        ).astype(float)
-        if metric in COUNTER_METRICS:
-            series = series.fillna(0.0)
+        series = fleet_series(await load_plan(svc.metrics, p, metric), metric)
         return series, p, end
 
     async def run_job(self, fn: Any, *args: Any) -> Any:
@@ -322,12 +315,7 @@ async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, 
     svc = h.services
     end = now // HOUR * HOUR
     p = h.plan_for(start=end - 30 * DAY, end=end, step=HOUR, filters=h.filters(), now=now)
-    frame = await load_plan(svc.metrics, p, "cost_usd")
-    cost = (
-        frame.iloc[:, 0]
-        if len(frame.columns)
-        else pd.Series(np.zeros(p.buckets), index=frame.index)
-    ).astype(float)
+    cost = fleet_series(await load_plan(svc.metrics, p, "cost_usd"), "cost_usd")
     month_cost = jobs.month_to_date(cost, end)
     budget = svc.settings.monthly_budget_usd
     key = ("predictions", level, budget, tuple(sorted(h.filters().items())), end)

@@ -471,6 +471,54 @@ class APIHandler(RequestHandler):
             raise invalid("cursor", "is not valid", 400)
         return limit, cursor
 
+    def batch_items(self, name: str) -> list[Any]:
+        """The items of an ingest body: a JSON array, or ``{name: [...]}``; at least one,
+        at most ``EZ_INGEST_MAX_EVENTS`` (413 above, before anything is validated)."""
+        try:
+            body = orjson.loads(self.request.body or b"")
+        except orjson.JSONDecodeError as e:
+            raise Problem(400, f"body is not valid JSON: {e}", type="malformed-json") from e
+        items = body.get(name) if isinstance(body, dict) else body
+        if isinstance(body, dict) and set(body) - {name}:
+            raise invalid(sorted(set(body) - {name})[0], "unknown field", 422)
+        if not isinstance(items, list):
+            raise invalid(name, f'send a JSON array of {name} (or {{"{name}": [...]}})')
+        if not items:
+            raise invalid(name, "the batch is empty")
+        cap = self.services.settings.ingest_max_events
+        if len(items) > cap:
+            raise Problem(
+                413,
+                f"{len(items)} {name}; at most {cap} per batch",
+                type="too-large",
+                errors=[{"field": name, "message": f"too many {name}"}],
+            )
+        return items
+
+    def refuse_batch(self, name: str, total: int, bad: list[dict[str, Any]]) -> Problem:
+        """All or nothing: every problem of every bad item (``{"index", "errors"}``),
+        named ``name[i].field``, and nothing accepted."""
+        self.audit_detail = f"refused {len(bad)}/{total}"
+        return Problem(
+            422,
+            f"{len(bad)} of {total} {name} are invalid; none were accepted",
+            type="validation-error",
+            title=f"Invalid {name}",
+            errors=[
+                {
+                    "field": f"{name}[{b['index']}]" + (f".{e['field']}" if e["field"] else ""),
+                    "message": e["message"],
+                }
+                for b in bad
+                for e in b["errors"]
+            ],
+        )
+
+    def batch_id(self) -> str:
+        """The dedupe id of an ingest batch: the caller's Idempotency-Key, per principal."""
+        key = self.idempotency_key()
+        return f"{self.principal.id}:{key}" if key else ""
+
     def idempotency_key(self) -> str | None:
         key = self.request.headers.get("Idempotency-Key")
         if key is None:

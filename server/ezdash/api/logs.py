@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
+from ..metrics.recorder import BatchMismatch
 from ..store.logs import (
     LEVELS,
-    BatchMismatch,
     Doc,
     LogFilter,
     is_stream_id,
@@ -280,57 +280,23 @@ class IngestLogsHandler(APIHandler):
     async def post(self) -> None:
         self.check_query(())
         svc = self.services
-        try:
-            body = orjson.loads(self.request.body or b"")
-        except orjson.JSONDecodeError as e:
-            raise Problem(400, f"body is not valid JSON: {e}", type="malformed-json") from e
-        items = body.get("entries") if isinstance(body, dict) else body
-        if isinstance(body, dict) and set(body) - {"entries"}:
-            raise invalid(sorted(set(body) - {"entries"})[0], "unknown field", 422)
-        if not isinstance(items, list):
-            raise invalid("entries", 'send a JSON array of entries (or {"entries": [...]})')
-        if not items:
-            raise invalid("entries", "the batch is empty")
-        cap = svc.settings.ingest_max_events
-        if len(items) > cap:
-            raise Problem(
-                413,
-                f"{len(items)} entries; at most {cap} per batch",
-                type="too-large",
-                errors=[{"field": "entries", "message": "too many entries"}],
-            )
+        items = self.batch_items("entries")
         now = await svc.redis_now_ms()
         docs: list[Doc] = []
-        errors: list[dict[str, str]] = []
-        bad = 0
+        bad: list[dict[str, Any]] = []
         for i, raw in enumerate(items):
             doc, problems = validate(raw, now)
             if doc is None:
-                bad += 1
-                errors += [
-                    {
-                        "field": f"entries[{i}]" + (f".{p['field']}" if p["field"] else ""),
-                        "message": p["message"],
-                    }
-                    for p in problems
-                ]
+                bad.append({"index": i, "errors": problems})
             else:
                 docs.append(doc)
-        if errors:
-            self.audit_detail = f"refused {bad}/{len(items)}"
-            raise Problem(
-                422,
-                f"{bad} of {len(items)} entries are invalid; none were accepted",
-                type="validation-error",
-                title="Invalid entries",
-                errors=errors,
-            )
-        key = self.idempotency_key()
+        if bad:
+            raise self.refuse_batch("entries", len(items), bad)
         try:
             ids = await svc.logs.append(
                 docs,
                 now_ms=now,
-                batch_id=f"{self.principal.id}:{key}" if key else "",
+                batch_id=self.batch_id(),
                 fingerprint=fingerprint(items),
                 dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
             )

@@ -233,45 +233,12 @@ class IngestUsageHandler(APIHandler):
     async def post(self) -> None:
         self.check_query(())
         svc = self.services
-        try:
-            body = orjson.loads(self.request.body or b"")
-        except orjson.JSONDecodeError as e:
-            raise Problem(400, f"body is not valid JSON: {e}", type="malformed-json") from e
-        items = body.get("events") if isinstance(body, dict) else body
-        if isinstance(body, dict) and set(body) - {"events"}:
-            raise invalid(sorted(set(body) - {"events"})[0], "unknown field", 422)
-        if not isinstance(items, list):
-            raise invalid("events", 'send a JSON array of events (or {"events": [...]})')
-        if not items:
-            raise invalid("events", "the batch is empty")
-        if len(items) > svc.settings.ingest_max_events:
-            raise Problem(
-                413,
-                f"{len(items)} events; at most {svc.settings.ingest_max_events} per batch",
-                type="too-large",
-                errors=[{"field": "events", "message": "too many events"}],
-            )
+        items = self.batch_items("events")
         now = await svc.redis_now_ms()
         oldest = now - svc.tiers[-1].retention_ms
         events, bad = validate_batch(items, now_ms=now, oldest_ms=oldest)
         if bad:
-            errors = [
-                {
-                    "field": f"events[{b['index']}]" + (f".{e['field']}" if e["field"] else ""),
-                    "message": e["message"],
-                }
-                for b in bad
-                for e in b["errors"]
-            ]
-            problem = Problem(
-                422,
-                f"{len(bad)} of {len(items)} events are invalid; none were accepted",
-                type="validation-error",
-                title="Invalid events",
-                errors=errors,
-            )
-            self.audit_detail = f"refused {len(bad)}/{len(items)}"
-            raise problem
+            raise self.refuse_batch("events", len(items), bad)
         labels = await self._labels(
             {ev.agent_id for ev in events}, {ev.task_id for ev in events if ev.task_id}
         )
@@ -280,8 +247,6 @@ class IngestUsageHandler(APIHandler):
             kind = labels[0].get(ev.agent_id, "")
             queue = labels[1].get(ev.task_id, "") if ev.task_id else ""
             batch.add_event(ev, kind=kind, queue=queue)
-        key = self.idempotency_key()
-        batch_id = f"{self.principal.id}:{key}" if key else ""
         try:
             applied = await write_batch(
                 svc.redis,
@@ -289,7 +254,7 @@ class IngestUsageHandler(APIHandler):
                 svc.keys,
                 batch,
                 now_ms=now,
-                batch_id=batch_id,
+                batch_id=self.batch_id(),
                 dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
                 fingerprint=fingerprint(items),
             )

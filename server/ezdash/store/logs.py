@@ -20,6 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ..keys import Keys
+from ..metrics.recorder import BatchMismatch
 from ..timeutil import format_ms
 from .scripts import Scripts
 from .tail import StreamTail, read_after
@@ -37,10 +38,6 @@ SCAN_BUDGET = 20_000
 """Entries one search page may examine; a sparse filter gets a cursor to go on."""
 
 Doc = dict[str, Any]
-
-
-class BatchMismatch(ValueError):
-    """An Idempotency-Key reused for a different batch."""
 
 
 def stream_id(entry_id: str) -> tuple[int, int]:
