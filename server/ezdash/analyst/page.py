@@ -72,7 +72,6 @@ class AnalystPage:
         self._generation = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.loaded: Loaded | None = None
-        self.query = Query()
 
         self.metric = pn.widgets.Select(label="Metric", options=list(METRICS), value="cost_usd")
         self.window = pn.widgets.Select(label="Window", options=list(WINDOWS), value="7 days")
@@ -230,7 +229,6 @@ class AnalystPage:
         self._generation += 1
         generation = self._generation
         q = self.current_query()
-        self.query = q
         self.progress.value = 0
         self.status.object = f"Loading {q.metric} over {_label(q.window_ms, WINDOWS)}…"
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import time
+from functools import cache
 from typing import Any
 
 from .. import __version__
@@ -96,13 +97,18 @@ class DocsHandler(APIHandler):
 
     def get(self) -> None:
         self.check_query(())
-        doc = openapi_document()
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header(
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
         )
-        self.finish(render_docs(doc))
+        self.finish(docs_page())
+
+
+@cache
+def docs_page() -> str:
+    """The page never changes while the process runs: render it once."""
+    return render_docs(openapi_document())
 
 
 def render_docs(doc: dict[str, Any]) -> str:
