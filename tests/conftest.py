@@ -19,11 +19,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from ezdash.agent import Agent, AgentConfig, TaskContext
 from ezdash.api.app import make_app
+from ezdash.api.httpserver import Server, make_http_server
 from ezdash.api.services import Services
 from ezdash.redis_server import RedisServer
 from ezdash.settings import Settings
@@ -118,7 +118,7 @@ class Response:
 class Api:
     """A running server and a client for it (through a real socket)."""
 
-    def __init__(self, services: Services, base: str, server: HTTPServer) -> None:
+    def __init__(self, services: Services, base: str, server: Server) -> None:
         self.services = services
         self.base = base
         self.server = server
@@ -163,7 +163,7 @@ class Api:
 async def start_api(settings: Settings) -> Api:
     assert settings.redis_url
     services = Services.create(settings, settings.redis_url)
-    server = HTTPServer(make_app(services), max_body_size=settings.max_body_bytes + (64 << 10))
+    server = make_http_server(make_app(services), settings)
     sockets = bind_sockets(0, "127.0.0.1")
     server.add_sockets(sockets)
     await services.check_secrets()

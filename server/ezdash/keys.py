@@ -184,6 +184,12 @@ class Keys:
         return f"{self.base}:audit"
 
     @property
+    def probe(self) -> str:
+        """String with a 10 s TTL: written only while Redis seems away, to learn when it
+        takes writes again (``store.availability``)."""
+        return f"{self.base}:probe"
+
+    @property
     def secret_fingerprint(self) -> str:
         """String: fingerprint of the key-hash secret, so instances cannot disagree."""
         return f"{self.base}:secret-fingerprint"

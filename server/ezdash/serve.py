@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .aio import stop_on_signals
 from .api.app import make_app
+from .api.httpserver import Server, make_http_server
 from .api.services import Services
 from .redis_server import RedisServer, die_with_parent
 from .settings import Settings
@@ -96,13 +96,13 @@ async def serve(
     services = Services.create(settings, url)
     demo: asyncio.subprocess.Process | None = None
     analyst: asyncio.subprocess.Process | None = None
-    server: HTTPServer | None = None
+    server: Server | None = None
     try:
         await services.redis.ping()
         await services.check_secrets()
         new_key = await services.bootstrap_admin_key()
         app = make_app(services)
-        server = HTTPServer(app, max_body_size=settings.max_body_bytes + (64 << 10), xheaders=True)
+        server = make_http_server(app, settings)
         sockets = bind_sockets(settings.port, settings.host)
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]

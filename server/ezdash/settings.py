@@ -8,6 +8,7 @@ message naming the variable, rather than surfacing later as odd behaviour.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,7 +60,32 @@ def _tiers(value: Any) -> str:
     return str(value)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    """``EZ_TRUST_PROXY``: the proxies whose ``X-Forwarded-For`` is believed."""
+    if isinstance(value, tuple) and all(isinstance(v, Network) for v in value):
+        return value
+    items = _comma_list(value)
+    if [i.lower() for i in items] in ([], ["false"], ["no"], ["0"]):
+        return ()
+    if [i.lower() for i in items] in (["true"], ["yes"], ["1"]):
+        raise ValueError(
+            "name the proxies whose X-Forwarded-For is trusted, as addresses or "
+            "networks (e.g. 127.0.0.1,10.0.0.0/8); 'true' would trust any client"
+        )
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or network") from None
+    return tuple(out)
+
+
 TierSpec = Annotated[str, BeforeValidator(_tiers)]
+Networks = Annotated[tuple[Network, ...], NoDecode, BeforeValidator(_networks)]
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 RateSpec = Annotated[str, BeforeValidator(_rate)]
 
@@ -115,7 +141,9 @@ class Settings(BaseSettings):
     rate_control: RateSpec = "60/1m"
     rate_public: RateSpec = "600/1m"
     cors_origins: CommaList = Field(default_factory=list)
-    trust_proxy: bool = Field(False, description="Take the client IP from X-Forwarded-For.")
+    trust_proxy: Networks = Field(
+        default=(), description="Proxies (addresses, networks) whose X-Forwarded-For is read."
+    )
     audit_maxlen: int = Field(1_000_000, ge=1000)
 
     # -- metrics ----------------------------------------------------------------------
@@ -144,6 +172,9 @@ class Settings(BaseSettings):
     analyst_workers: int = Field(1, ge=1, le=16, description="Fit processes of the analyst page.")
 
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_header_bytes: int = Field(64 << 10, ge=4096, le=1 << 20, description="431 above it.")
+    http_idle_timeout: Duration = 20.0
+    http_body_timeout: Duration = 60.0
     max_payload_bytes: int = Field(64 << 10, ge=1024)
     shutdown_grace: Duration = 10.0
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")

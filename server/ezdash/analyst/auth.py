@@ -41,7 +41,7 @@ class KeyLoginHandler(BasicLoginHandler):
         key = self.get_argument("password", "").strip()
         record = await self.store.verify(key) if key else None
         allowed = record is not None and bool(READ_SCOPES & set(record["scopes"]))
-        await self.audit.write(
+        self.audit.record(
             principal=f"key:{record['id']}" if record else "anonymous",
             action="analyst.login",
             target="analyst",

@@ -8,8 +8,10 @@ import re
 from typing import Any
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 from tornado.log import access_log
 
+from ..security.apikeys import looks_like_jwt
 from . import (
     agents,
     alerts,
@@ -24,6 +26,7 @@ from . import (
     tasks,
 )
 from .base import APIHandler, NotFoundHandler
+from .httpserver import client_address
 from .services import Services
 
 HANDLER_MODULES = (
@@ -63,11 +66,37 @@ def check_handler_auth(table: list[tuple[str, type[APIHandler]]]) -> None:
                 raise RuntimeError(f"{cls.__name__}.{method.lower()} is not callable")
 
 
-SECRET_QUERY = re.compile(r"(access_token=)[^&]*")
+SECRET_NAMES = frozenset(
+    {"access_token", "api_key", "apikey", "key", "token", "id_token", "secret", "password"}
+)
+QUERY_PAIR = re.compile(r"([^&=?]*)=([^&]*)")
+
+
+def _secret(name: str, value: str) -> bool:
+    """A query value that is, or looks like, a credential, whatever it is called."""
+    name = name.lower().replace("-", "_")
+    return (
+        name in SECRET_NAMES
+        or "token" in name
+        or "secret" in name
+        or value.startswith("ezk_")
+        or looks_like_jwt(value)
+    )
+
+
+def redact_uri(uri: str) -> str:
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    return (
+        path
+        + "?"
+        + QUERY_PAIR.sub(lambda m: f"{m[1]}=[redacted]" if _secret(m[1], m[2]) else m[0], query)
+    )
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with any query-string token redacted."""
+    """Tornado's access log line, with any credential in the query string redacted."""
     status = handler.get_status()
     req = handler.request
     services = handler.application.settings.get("services")
@@ -76,22 +105,35 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         services.request_stats.observe(route, req.method or "", status, req.request_time())
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if access_log.isEnabledFor(level):
-        uri = SECRET_QUERY.sub(r"\1[redacted]", req.uri or "")
         access_log.log(
             level,
             "%d %s %s (%s) %.2fms",
             status,
             req.method,
-            uri,
+            redact_uri(req.uri or ""),
             req.remote_ip,
             1000.0 * req.request_time(),
         )
 
 
+class App(tornado.web.Application):
+    """The application; every request's client address is settled here, once, before
+    any handler runs (see ``httpserver.client_address``): rate limits, audit and the
+    access log all read ``request.remote_ip``."""
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        trusted = self.settings["services"].settings.trust_proxy
+        if trusted:
+            request.remote_ip = client_address(
+                request.remote_ip or "", request.headers.get("X-Forwarded-For"), trusted
+            )
+        return super().find_handler(request, **kwargs)
+
+
 def make_app(services: Services, **extra: Any) -> tornado.web.Application:
     table = routes()
     check_handler_auth(table)
-    return tornado.web.Application(
+    return App(
         table,
         default_handler_class=NotFoundHandler,
         services=services,

@@ -4,30 +4,42 @@ Handlers stay thin: parse and validate input here, call a store, serialise.
 Every handler class declares ``scopes`` (HTTP method -> scope, or None for
 open endpoints); ``app.check_handler_auth`` refuses to start a server with a
 method that made no decision, so no endpoint is left open by accident.
+
+Two gates no handler can step around, because they sit under every way a
+handler can answer:
+
+- **Credentials.** A read with a plausible credential runs while its check is
+  still in Redis (one round trip saved), but ``flush`` and ``finish`` (and so
+  ``write_json``, ``send_error``, an SSE stream's first bytes, a redirect) wait
+  for the check; a failed check replaces whatever the handler prepared with the
+  refusal. WebSocket upgrades never run early.
+- **Body size.** Bodies are streamed in (``stream_request_body``): an
+  over-limit ``Content-Length`` is refused with 413 before a byte of the body
+  is read, and a chunked body is counted as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
-import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from tornado.web import HTTPError, RequestHandler
+from tornado.concurrent import Future
+from tornado.iostream import StreamClosedError
+from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
 
 from ..security.apikeys import digest, looks_like_jwt
-from ..security.ratelimit import budget_for
+from ..security.ratelimit import Budget, budget_for
 from ..security.tokens import TokenError
 from ..store.paging import CursorError
 from ..timeutil import parse_duration, parse_time
-from .errors import Problem, invalid
+from .errors import Problem, invalid, problem_for, redis_unavailable
 from .services import Services
 
 log = logging.getLogger("ezdash.api")
@@ -49,6 +61,12 @@ class Principal:
         return "admin" in self.scopes or scope in self.scopes
 
 
+class Answered(Finish, StreamClosedError):
+    """Raised from ``flush`` once a failed credential check has been answered: handlers
+    that stream stop as if the client had gone, and Tornado finishes quietly."""
+
+
+@stream_request_body
 class APIHandler(RequestHandler):
     """JSON API handler.  Errors are problem JSON, never HTML or a traceback.
 
@@ -84,15 +102,8 @@ class APIHandler(RequestHandler):
         self.principal = ANONYMOUS
         self._sticky: dict[str, str] = {}
         self._auth: asyncio.Future[Principal] | None = None
-        self._holding = False
-        self._held: bytes | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in ("get", "head"):
-            fn = cls.__dict__.get(name)
-            if fn is not None and not getattr(fn, "_gated", False):
-                setattr(cls, name, _gate(fn))
+        self._finishing: asyncio.Future[None] | None = None
+        self._received = 0
 
     def _plausible(self) -> bool:
         """Speculate only for credentials that cannot be made up: a JWT whose signature
@@ -115,11 +126,18 @@ class APIHandler(RequestHandler):
         return svc.recent_keys.seen(digest(svc.secrets.key_secret, secret))
 
     async def settle(self) -> None:
-        """Wait for a credential check started in prepare(); raise its problem, if any."""
-        if self._auth is not None:
-            auth, self._auth = self._auth, None
+        """Wait for a credential check started in prepare(); raise its problem, if any.
+
+        Handlers never need to call it (``flush`` and ``finish`` do); a handler about
+        to do costly work may, so that a refused caller costs nothing."""
+        auth = self._auth
+        if auth is None:
+            return
+        try:
             self.principal = await auth
             self._check_scope(self.scopes[self.request.method or "GET"])
+        finally:
+            self._auth = None
 
     def keep_header(self, name: str, value: str) -> None:
         """A header every answer carries, including problem answers."""
@@ -132,25 +150,94 @@ class APIHandler(RequestHandler):
         if method == "OPTIONS":
             return
         if method not in self.scopes:
-            allowed = ", ".join(sorted(self.scopes))
+            allowed = self.allowed_methods()
             raise Problem(
                 405,
                 f"{method} is not allowed here; use {allowed}",
                 type="method-not-allowed",
                 headers={"Allow": allowed},
             )
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.services.settings.max_body_bytes:
+            raise self._too_large()
         required = self.scopes[method]
-        limit = self.services.settings.max_body_bytes
-        length = self.request.headers.get("Content-Length")
-        if (length and length.isdigit() and int(length) > limit) or len(self.request.body) > limit:
-            raise Problem(413, f"request body is larger than {limit} bytes", type="too-large")
-        if method in ("GET", "HEAD") and required is not None and self._plausible():
+        upgrade = self.request.headers.get("Upgrade") is not None
+        if method in ("GET", "HEAD") and required is not None and not upgrade and self._plausible():
             # Reads run while the credential is checked (one Redis round trip saved);
-            # nothing is sent until the check passed: see _gate.
+            # nothing is sent until the check passed: see flush() and finish().
             self._auth = asyncio.ensure_future(self.authenticate(required))
             return
         self.principal = await self.authenticate(required)
         self._check_scope(required)
+
+    def allowed_methods(self) -> str:
+        return ", ".join(sorted({*self.scopes, "OPTIONS"}))
+
+    # -- the request body ---------------------------------------------------------
+    def data_received(self, chunk: bytes) -> None:
+        """Collect the body up to the limit; past it, answer 413 at once."""
+        if self._finished or self._finishing is not None:
+            return  # answered already; the rest is drained by the connection
+        self._received += len(chunk)
+        if self._received > self.services.settings.max_body_bytes:
+            problem = self._too_large()
+            self.send_error(413, exc_info=(Problem, problem, None))
+            return
+        self.request.body += chunk
+
+    def _too_large(self) -> Problem:
+        self._linger()
+        limit = self.services.settings.max_body_bytes
+        return Problem(413, f"request body is larger than {limit} bytes", type="too-large")
+
+    def _linger(self) -> None:
+        """Answering before the body is read: drain it before closing (GuardedStream)."""
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None and hasattr(stream, "linger"):
+            stream.linger = True
+
+    # -- the credential gate (see the module docstring) ---------------------------
+    def flush(self, include_footers: bool = False) -> Future[None]:
+        if self._auth is None:
+            return super().flush(include_footers)
+        return asyncio.ensure_future(self._flush_when_allowed(include_footers))
+
+    async def _flush_when_allowed(self, include_footers: bool) -> None:
+        if not await self._allowed():
+            raise Answered()
+        await super().flush(include_footers)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        if self._auth is None and self._finishing is None:
+            length = self.request.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > len(self.request.body):
+                self._linger()
+            return super().finish(chunk)
+        if chunk is not None:
+            self.write(chunk)
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish_when_allowed())
+        return self._finishing
+
+    async def _finish_when_allowed(self) -> None:
+        allowed = await self._allowed()
+        self._finishing = None
+        if allowed:
+            self.finish()
+
+    async def _allowed(self) -> bool:
+        """Settle the check; when it fails, answer its problem in place of whatever
+        the handler prepared (its status, headers and body are discarded)."""
+        try:
+            await self.settle()
+        except Exception as e:
+            self._finishing = None
+            self.clear()
+            problem = problem_for(e, 500, self.allowed_methods())
+            self.set_status(problem.status_code)
+            self.write_error(problem.status_code, exc_info=(type(e), e, e.__traceback__))
+            return False
+        return True
 
     def _check_scope(self, required: str | None) -> None:
         if required not in (None, "any") and not self.principal.allows(required):
@@ -201,7 +288,7 @@ class APIHandler(RequestHandler):
         s = svc.settings
         budget = budget_for(self.request.method or "GET", required)
         if required is None:  # open endpoint: credentials, if any, are not looked at
-            await self._rate("anon", "", f"ip:{self.client_ip}", "public")
+            self._rate_here()
             return ANONYMOUS
         if not s.auth:
             await self._rate("anon", "", f"ip:{self.client_ip}", budget)
@@ -250,6 +337,31 @@ class APIHandler(RequestHandler):
             )
         return Principal(principal, claims.scopes & ALL_SCOPES, "jwt")
 
+    def _rate_here(self) -> None:
+        """Open endpoints spend the public budget in this process, not in Redis: they
+        answer while Redis is down and never write to it."""
+        svc = self.services
+        if not svc.settings.rate_limit:
+            return
+        allowed, remaining, reset_ms, retry_ms = svc.open_limiter.charge(self.client_ip)
+        self._rate_answer(svc.open_limiter.budget, allowed, remaining, reset_ms, retry_ms)
+
+    def _rate_answer(
+        self, budget: Budget, allowed: bool, remaining: int, reset_ms: int, retry_ms: int
+    ) -> None:
+        """The RateLimit fields on every answer; 429 with Retry-After when over budget."""
+        self.keep_header("RateLimit-Policy", budget.policy_header)
+        self.keep_header("RateLimit", budget.state_header(remaining, reset_ms))
+        if not allowed:
+            retry = max(1, math.ceil(retry_ms / 1000))
+            raise Problem(
+                429,
+                f"rate limit of the {budget.name!r} budget reached "
+                f"({budget.limit} per {budget.period_s:g}s); retry in {retry}s",
+                type="rate-limited",
+                headers={"Retry-After": str(retry)},
+            )
+
     async def _rate(
         self, mode: str, ident: str, principal: str, budget_name: str
     ) -> tuple[str, str, str, str]:
@@ -275,17 +387,9 @@ class APIHandler(RequestHandler):
         )
         status, kid, scopes, stored, allowed, remaining, reset_ms, retry_ms = res
         if enforce:
-            self.keep_header("RateLimit-Policy", budget.policy_header)
-            self.keep_header("RateLimit", budget.state_header(int(remaining), int(reset_ms)))
-            if not int(allowed):
-                retry = max(1, math.ceil(int(retry_ms) / 1000))
-                raise Problem(
-                    429,
-                    f"rate limit of the {budget.name!r} budget reached "
-                    f"({budget.limit} per {budget.period_s:g}s); retry in {retry}s",
-                    type="rate-limited",
-                    headers={"Retry-After": str(retry)},
-                )
+            self._rate_answer(
+                budget, bool(int(allowed)), int(remaining), int(reset_ms), int(retry_ms)
+            )
         return str(status), str(kid), str(scopes), str(stored)
 
     # -- CORS -------------------------------------------------------------------
@@ -328,35 +432,27 @@ class APIHandler(RequestHandler):
         if method == "OPTIONS" or (method in ("GET", "HEAD") and status not in (401, 403, 429)):
             return
         action = self.actions.get(method) or f"{method} {self.request.path}"
-        target = self.audit_target or (self.path_args[0] if self.path_args else "")
-        self.services.spawn(
-            self.services.audit.write(
-                principal=self.principal.id,
-                action=action,
-                target=str(target),
-                client=self.client_ip,
-                status=status,
-                detail=self.audit_detail,
-            )
+        path_args = getattr(self, "path_args", None)  # unset when Tornado refused the method
+        target = self.audit_target or (path_args[0] if path_args else "")
+        self.services.audit.record(
+            principal=self.principal.id,
+            action=action,
+            target=str(target),
+            client=self.client_ip,
+            status=status,
+            detail=self.audit_detail,
         )
 
     # -- output -----------------------------------------------------------------
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
-        body = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-        if self._holding:
-            self._held = body  # sent by _gate once the credential check passed
-        else:
-            self.finish(body)
+        self.finish(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, Problem):
-            problem = exc
-        elif isinstance(exc, HTTPError):
-            problem = Problem(status_code, exc.log_message or self._reason)
-        else:
-            problem = Problem(500, "internal error; it has been logged", type="internal")
+        problem = problem_for(exc, status_code, self.allowed_methods())
+        if problem.status_code != self.get_status():
+            self.set_status(problem.status_code)  # e.g. 503 for a Redis outage, not 500
         for name, value in problem.headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/problem+json")
@@ -365,6 +461,9 @@ class APIHandler(RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HTTPError):
             return  # answered as problem JSON; client errors are not server faults
+        if value is not None and redis_unavailable(value):
+            self.services.redis_watch.failed(value)  # one line per outage, not per request
+            return
         super().log_exception(typ, value, tb)
 
     # -- input ------------------------------------------------------------------
@@ -533,37 +632,6 @@ def cursor_problem(e: CursorError) -> Problem:
 
 
 ANONYMOUS = Principal("anonymous")
-
-
-def _gate(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a GET/HEAD method so its answer (or its error) waits for a credential
-    check running alongside it; a failed check wins over anything the method did."""
-
-    @functools.wraps(fn)
-    async def gated(self: APIHandler, *args: Any) -> None:
-        if self._auth is None:
-            result = fn(self, *args)
-            if inspect.isawaitable(result):
-                await result
-            return
-        self._holding = True
-        failure: Exception | None = None
-        try:
-            result = fn(self, *args)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as e:
-            failure = e
-        finally:
-            self._holding = False
-        await self.settle()
-        if failure is not None:
-            raise failure
-        if self._held is not None:
-            self.finish(self._held)
-
-    gated._gated = True  # type: ignore[attr-defined]
-    return gated
 
 
 class NotFoundHandler(APIHandler):

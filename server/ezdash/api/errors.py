@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from redis import exceptions as redis_errors
 from tornado.web import HTTPError
 
 PROBLEM_BASE = "https://ezaugent.dev/problems/"
@@ -59,3 +60,55 @@ def not_found(what: str, ident: str) -> Problem:
 
 def conflict(detail: str) -> Problem:
     return Problem(409, detail, type="conflict")
+
+
+# -- dependencies -------------------------------------------------------------------
+REDIS_RETRY_AFTER_S = 2
+"""What a client is told to wait while Redis is away: about one probe interval."""
+
+_UNAVAILABLE_REPLIES = ("MISCONF", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says Redis cannot serve now (down, loading, read-only, out of
+    memory, refusing writes), as opposed to a bug in how we called it."""
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        return True  # includes BusyLoadingError, MaxConnectionsError, pool timeouts
+    if isinstance(exc, redis_errors.ReadOnlyError | redis_errors.OutOfMemoryError):
+        return True
+    if isinstance(exc, redis_errors.ResponseError):
+        return str(exc).startswith(_UNAVAILABLE_REPLIES)
+    return isinstance(exc, ConnectionRefusedError | ConnectionResetError | BrokenPipeError)
+
+
+def unavailable(exc: BaseException) -> Problem:
+    return Problem(
+        503,
+        f"the data store is unavailable ({type(exc).__name__}); retry shortly",
+        type="redis-unavailable",
+        title="Service Unavailable",
+        headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
+    )
+
+
+def problem_for(exc: BaseException | None, status: int, allowed: str = "") -> Problem:
+    """The one mapping from what went wrong to the answer: a Problem as raised, an
+    outage of Redis as 503, Tornado's own errors (405 from an unknown method, ...)
+    with their status, and anything else as 500 (a bug: it is logged)."""
+    if isinstance(exc, Problem):
+        return exc
+    if exc is not None and redis_unavailable(exc):
+        return unavailable(exc)
+    if isinstance(exc, HTTPError):
+        code = exc.status_code
+        if code == 405:
+            return Problem(
+                405,
+                f"this method is not allowed here; use {allowed}",
+                type="method-not-allowed",
+                headers={"Allow": allowed},
+            )
+        return Problem(code, exc.log_message or HTTPStatus(code).phrase)
+    if exc is None and status < 500:
+        return Problem(status, HTTPStatus(status).phrase)
+    return Problem(500, "internal error; it has been logged", type="internal")

@@ -175,7 +175,14 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    status: Literal["ready", "draining"]
+    status: Literal["ready", "not-ready"]
+    reason: Literal["redis", "draining"] | None = Field(
+        None, description="Why this instance should get no traffic now."
+    )
+
+
+class Live(BaseModel):
+    status: Literal["ok"]
 
 
 class KeyCreate(Strict):
@@ -510,6 +517,7 @@ class Problem(BaseModel):
 
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
+    Live,
     AlertRule,
     AlertRules,
     Alert,

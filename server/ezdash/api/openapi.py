@@ -136,11 +136,18 @@ def openapi_document() -> dict[str, Any]:
                 {"200": _ok(_ref("Health")), "503": _ok(_ref("Health"), "Redis unreachable")},
             )
         },
+        "/api/live": {
+            "get": _op(
+                "Liveness: the process answers (never touches Redis)",
+                None,
+                {"200": _ok(_ref("Live"))},
+            )
+        },
         "/api/ready": {
             "get": _op(
-                "Readiness (503 while draining)",
+                "Readiness: 503 while draining or while Redis does not answer",
                 None,
-                {"200": _ok(_ref("Ready")), "503": _ok(_ref("Ready"), "Draining")},
+                {"200": _ok(_ref("Ready")), "503": _ok(_ref("Ready"), "Draining or no Redis")},
             )
         },
         "/api/openapi.json": {"get": _op("This document", None, {"200": _ok({"type": "object"})})},

@@ -21,11 +21,12 @@ from ..metrics.query import Reader
 from ..metrics.rollup import Tier, parse_tiers
 from ..security.apikeys import KeyStore
 from ..security.audit import AuditLog
-from ..security.ratelimit import Budget, budgets
+from ..security.ratelimit import Budget, LocalLimiter, budgets
 from ..security.secrets import ServerSecrets, load_secrets
 from ..security.tokens import TokenService
 from ..settings import Settings
 from ..store.agents import AgentStore
+from ..store.availability import RedisWatch
 from ..store.batch import ScriptBatcher
 from ..store.commands import CommandStore
 from ..store.logs import LogStore, LogTail
@@ -36,16 +37,24 @@ from .stats import RequestStats
 log = logging.getLogger("ezdash.services")
 
 
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 10.0
+"""No command on the shared pool blocks (tails have their own connections), so a
+reply slower than this means Redis is stuck: the request gets 503, not a hang."""
+
+
 def make_redis(url: str, max_connections: int, *, decode: bool = True) -> Redis:
     """A client whose pool waits for a free connection instead of failing past the cap
     (redis-py's default asyncio pool raises MaxConnectionsError under bursts)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=10,
+        timeout=REDIS_CONNECT_TIMEOUT_S * 5,
         decode_responses=decode,
         health_check_interval=30,
         socket_keepalive=True,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
     )
     return Redis.from_pool(pool)
 
@@ -95,6 +104,8 @@ class Services:
     cache: ResultCache
     logs: LogStore
     log_tail: LogTail
+    redis_watch: RedisWatch
+    open_limiter: LocalLimiter
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     started: float = field(default_factory=time.time)
     draining: bool = False
@@ -112,6 +123,8 @@ class Services:
         keys = Keys(settings.redis_prefix)
         scripts = Scripts(redis)
         secrets = load_secrets(settings)
+        watch = RedisWatch(redis, keys.probe)
+        limits = budgets(settings)
         return cls(
             settings=settings,
             redis=redis,
@@ -129,8 +142,8 @@ class Services:
             secrets=secrets,
             api_keys=KeyStore(redis, keys, secrets.key_secret),
             tokens=TokenService(settings, secrets.jwt_secret),
-            audit=AuditLog(redis, keys, settings.audit_maxlen),
-            budgets=budgets(settings),
+            audit=AuditLog(redis, keys, settings.audit_maxlen, watch=watch),
+            budgets=limits,
             authorize=ScriptBatcher(redis, source("authorize")),
             prices=load_price_table(settings.prices_file),
             tiers=parse_tiers(settings.rollup_tiers),
@@ -145,6 +158,8 @@ class Services:
                 retention_ms=int(settings.log_retention * 1000),
             ),
             log_tail=LogTail(redis_url, keys),
+            redis_watch=watch,
+            open_limiter=LocalLimiter(limits["public"]),
         )
 
     async def redis_now_ms(self) -> int:
@@ -200,6 +215,8 @@ class Services:
     async def close(self) -> None:
         if self.pending:
             await asyncio.gather(*self.pending, return_exceptions=True)
+        await self.audit.close(self.settings.shutdown_grace)
+        await self.redis_watch.close()
         self.closing.set()
         for task in self.background:
             task.cancel()

@@ -1,23 +1,43 @@
 """The audit log: one capped Redis stream of who did what, to what, from where, and
 with what result.  Every write, control and admin request is recorded, and so is
-every denied one (401, 403, 429), whatever its method."""
+every denied one (401, 403, 429), whatever its method.
+
+Requests do not wait for their record: ``record`` puts it in a bounded in-process
+buffer that one writer drains in batches. While Redis is away the records wait
+there (each keeps the time of its request) and are written when it returns; a
+record that finds the buffer full is counted (``dropped``, shown in ``/metrics``)
+and logged, never lost silently. The first records of an outage are the ones
+kept: an outage's flood cannot push out what happened before it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from ..keys import Keys
+from ..store.availability import RedisWatch
 from ..timeutil import format_ms
 
+log = logging.getLogger("ezdash.audit")
+
 SCAN_BUDGET = 10_000
+BUFFER = 20_000
+"""Records held while Redis is away."""
+BATCH = 500
 
 
 def entry_doc(entry_id: str, f: dict[str, str]) -> dict[str, Any]:
     return {
         "id": entry_id,
-        "ts": format_ms(int(entry_id.split("-")[0])),
+        "ts": format_ms(int(f.get("ts") or entry_id.split("-")[0])),
         "principal": f.get("principal"),
         "action": f.get("action"),
         "target": f.get("target") or None,
@@ -28,13 +48,48 @@ def entry_doc(entry_id: str, f: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def audit_fields(
+    principal: str, action: str, target: str, client: str, status: int, detail: str
+) -> dict[str, str]:
+    """One record as stored; ``ts`` is the request's time, whenever it is written."""
+    return {
+        "principal": principal,
+        "action": action,
+        "target": target,
+        "client": client,
+        "status": str(status),
+        "result": "denied" if status in (401, 403, 429) else "ok" if status < 400 else "failed",
+        "detail": detail[:500],
+        "ts": str(int(time.time() * 1000)),
+    }
+
+
 class AuditLog:
-    def __init__(self, redis: Redis, keys: Keys, maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        maxlen: int,
+        *,
+        watch: RedisWatch | None = None,
+        buffer: int = BUFFER,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
+        self.watch = watch
+        self.capacity = buffer
+        self.dropped = 0
+        self._pending: deque[dict[str, str]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
 
-    async def write(
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+    def record(
         self,
         *,
         principal: str,
@@ -44,21 +99,54 @@ class AuditLog:
         status: int,
         detail: str = "",
     ) -> None:
-        result = "denied" if status in (401, 403, 429) else "ok" if status < 400 else "failed"
-        await self.redis.xadd(
-            self.keys.audit,
-            {
-                "principal": principal,
-                "action": action,
-                "target": target,
-                "client": client,
-                "status": str(status),
-                "result": result,
-                "detail": detail[:500],
-            },
-            maxlen=self.maxlen,
-            approximate=True,
-        )
+        """Queue one record for writing; never blocks, never raises."""
+        if len(self._pending) >= self.capacity:
+            if self.dropped == 0 or self.dropped % 1000 == 0:
+                log.error(
+                    "audit buffer full (%d records waiting for Redis): %d records dropped",
+                    len(self._pending),
+                    self.dropped + 1,
+                )
+            self.dropped += 1
+            return
+        self._pending.append(audit_fields(principal, action, target, client, status, detail))
+        self._idle.clear()
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._drain(), name="audit-writer"
+            )
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for doc in batch:
+                            pipe.xadd(self.keys.audit, doc, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                        await pipe.execute()
+                except (RedisError, OSError) as e:
+                    self._pending.extendleft(reversed(batch))  # oldest first, as they came
+                    if self.watch is not None:
+                        self.watch.failed(e)
+                        await self.watch.back.wait()
+                    await asyncio.sleep(0.2)  # Redis may flap: do not spin on it
+            self._idle.set()
+
+    async def close(self, timeout_s: float) -> None:
+        """Write what is buffered (for at most ``timeout_s``), then stop the writer."""
+        if self._writer is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        if self._pending:
+            log.error("shutting down with %d audit records unwritten", len(self._pending))
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
 
     async def page(
         self,

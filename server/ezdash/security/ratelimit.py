@@ -10,6 +10,8 @@ for unauthenticated calls (open endpoints and failed authentications).
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..settings import Settings, parse_rate
@@ -58,3 +60,33 @@ def budgets(settings: Settings) -> dict[str, Budget]:
         limit, period = parse_rate(spec)
         out[name] = Budget(name, limit, period)
     return out
+
+
+class LocalLimiter:
+    """GCRA for one budget, in this process: the open endpoints (live, ready, health,
+    the API documents) must answer while Redis is down and never write to it, yet a
+    client hammering them is still limited (per client address, per instance).
+
+    The same arithmetic as ``lua/authorize.lua``; the oldest clients are forgotten
+    past ``size`` so memory stays bounded whatever addresses call."""
+
+    def __init__(self, budget: Budget, size: int = 50_000) -> None:
+        self.budget = budget
+        self.size = size
+        self._tat: OrderedDict[str, float] = OrderedDict()
+
+    def charge(self, client: str, now_ms: float | None = None) -> tuple[bool, int, int, int]:
+        """(allowed, remaining, reset_ms, retry_ms) after one request from ``client``."""
+        now = time.monotonic() * 1000 if now_ms is None else now_ms
+        period = self.budget.period_s * 1000
+        emission = period / self.budget.limit
+        tat = max(self._tat.get(client, now), now)
+        new_tat = tat + emission
+        allow_at = new_tat - period
+        if allow_at > now:
+            return False, 0, math.ceil(tat - now), math.ceil(allow_at - now)
+        self._tat[client] = new_tat
+        self._tat.move_to_end(client)
+        if len(self._tat) > self.size:
+            self._tat.popitem(last=False)
+        return True, math.floor((now - allow_at) / emission), math.ceil(new_tat - now), 0

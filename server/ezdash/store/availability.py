@@ -1,0 +1,82 @@
+"""Whether Redis can serve us now, as one object per process.
+
+Requests that fail because Redis is away are answered 503 (``api.errors``); this
+watch is what they report to. It turns a flood of identical failures into one log
+line when the outage starts and one when it ends, and it finds the end by itself:
+while Redis is away it probes once a second with a small write (a PING would
+pass while Redis is out of memory or read-only, which refuse only writes).
+Anything that must wait for Redis to return (the audit buffer) waits on ``back``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("ezdash.redis")
+
+PROBE_INTERVAL_S = 1.0
+
+
+class RedisWatch:
+    def __init__(self, redis: Redis, probe_key: str, interval_s: float = PROBE_INTERVAL_S) -> None:
+        self.redis = redis
+        self.probe_key = probe_key
+        self.interval = interval_s
+        self.up = True
+        self.back = asyncio.Event()
+        self.back.set()
+        self.outages = 0
+        self.refused = 0
+        """Requests that failed on Redis during the current (or last) outage."""
+        self._since = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        """A request could not be served because of Redis."""
+        self.refused += 1
+        if not self.up:
+            return
+        self.up = False
+        self.back.clear()
+        self.outages += 1
+        self._since = time.monotonic()
+        log.warning(
+            "redis unavailable (%s: %s); answering 503 until it is back",
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(
+                self._wait_for_redis(), name="redis-probe"
+            )
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(
+                    self.redis.set(self.probe_key, "1", px=10_000), self.interval
+                )
+            except (RedisError, OSError, TimeoutError):
+                continue
+            self.up = True
+            self.back.set()
+            log.warning(
+                "redis is back after %.1f s (%d requests refused meanwhile)",
+                time.monotonic() - self._since,
+                self.refused,
+            )
+            self.refused = 0
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
