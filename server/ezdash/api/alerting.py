@@ -349,7 +349,7 @@ async def alert_loop(svc: Services) -> None:
                 await evaluate_all(svc)
         except (RedisError, OSError) as e:
             reraise_if_cancelling(e)
-            log.warning("alert evaluation skipped: %s", e)
+            svc.redis_watch.trouble(e, "alert evaluation skipped")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.closing.wait(), interval)
 

@@ -37,9 +37,10 @@ from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
 from ..security.apikeys import digest, looks_like_jwt
 from ..security.ratelimit import Budget, budget_for
 from ..security.tokens import TokenError
+from ..store.availability import redis_unavailable
 from ..store.paging import CursorError
 from ..timeutil import parse_duration, parse_time
-from .errors import Problem, invalid, problem_for, redis_unavailable
+from .errors import Problem, invalid, problem_for
 from .services import Services
 
 log = logging.getLogger("ezdash.api")

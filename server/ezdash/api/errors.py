@@ -5,8 +5,9 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from redis import exceptions as redis_errors
 from tornado.web import HTTPError
+
+from ..store.availability import redis_unavailable
 
 PROBLEM_BASE = "https://ezaugent.dev/problems/"
 
@@ -65,20 +66,6 @@ def conflict(detail: str) -> Problem:
 # -- dependencies -------------------------------------------------------------------
 REDIS_RETRY_AFTER_S = 2
 """What a client is told to wait while Redis is away: about one probe interval."""
-
-_UNAVAILABLE_REPLIES = ("MISCONF", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
-
-
-def redis_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` says Redis cannot serve now (down, loading, read-only, out of
-    memory, refusing writes), as opposed to a bug in how we called it."""
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
-        return True  # includes BusyLoadingError, MaxConnectionsError, pool timeouts
-    if isinstance(exc, redis_errors.ReadOnlyError | redis_errors.OutOfMemoryError):
-        return True
-    if isinstance(exc, redis_errors.ResponseError):
-        return str(exc).startswith(_UNAVAILABLE_REPLIES)
-    return isinstance(exc, ConnectionRefusedError | ConnectionResetError | BrokenPipeError)
 
 
 def unavailable(exc: BaseException) -> Problem:

@@ -55,6 +55,6 @@ async def maintenance_loop(svc: Services) -> None:
                     log.info("maintenance: %s", done)
         except RedisError as e:
             reraise_if_cancelling(e)
-            log.warning("maintenance skipped: %s", e)
+            svc.redis_watch.trouble(e, "maintenance skipped")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.closing.wait(), interval)

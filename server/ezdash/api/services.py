@@ -162,6 +162,9 @@ class Services:
             open_limiter=LocalLimiter(limits["public"]),
         )
 
+    def __post_init__(self) -> None:
+        self.log_tail.on_trouble = self.redis_watch.trouble
+
     async def redis_now_ms(self) -> int:
         sec, usec = await self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000

@@ -15,12 +15,26 @@ import contextlib
 import logging
 import time
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger("ezdash.redis")
 
 PROBE_INTERVAL_S = 1.0
+_UNAVAILABLE_REPLIES = ("MISCONF", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says Redis cannot serve now (down, loading, read-only, out of
+    memory, refusing writes), as opposed to a bug in how we called it."""
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        return True  # includes BusyLoadingError, MaxConnectionsError, pool timeouts
+    if isinstance(exc, redis_errors.ReadOnlyError | redis_errors.OutOfMemoryError):
+        return True
+    if isinstance(exc, redis_errors.ResponseError):
+        return str(exc).startswith(_UNAVAILABLE_REPLIES)
+    return isinstance(exc, ConnectionRefusedError | ConnectionResetError | BrokenPipeError)
 
 
 class RedisWatch:
@@ -38,7 +52,7 @@ class RedisWatch:
         self._probe: asyncio.Task[None] | None = None
 
     def failed(self, exc: BaseException) -> None:
-        """A request could not be served because of Redis."""
+        """A request (or a background loop) could not be served because of Redis."""
         self.refused += 1
         if not self.up:
             return
@@ -55,6 +69,14 @@ class RedisWatch:
             self._probe = asyncio.get_running_loop().create_task(
                 self._wait_for_redis(), name="redis-probe"
             )
+
+    def trouble(self, exc: BaseException, what: str) -> None:
+        """A background loop's Redis error: an outage is reported once (see ``failed``),
+        anything else is logged as the loop's own problem."""
+        if redis_unavailable(exc):
+            self.failed(exc)
+        else:
+            log.warning("%s: %s", what, exc)
 
     async def _wait_for_redis(self) -> None:
         while True:

@@ -47,6 +47,8 @@ class StreamTail(Generic[T]):
         self.position = "0-0"
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.on_trouble: Callable[[BaseException, str], None] | None = None
+        """Where Redis errors go (the server's RedisWatch); logged when unset."""
 
     async def subscribe(self, queue_size: int | None = None) -> asyncio.Queue[T | None]:
         """A queue of every entry appended from now on (after this returns)."""
@@ -94,7 +96,10 @@ class StreamTail(Generic[T]):
                         self.position = str(entries[-1][0])
                         self.fan_out(self.decode(entries))
                 except (RedisError, OSError) as e:
-                    log.warning("tail of %s: redis trouble (%s); retrying", self.key, e)
+                    if self.on_trouble is not None:
+                        self.on_trouble(e, f"tail of {self.key}")
+                    else:
+                        log.warning("tail of %s: redis trouble (%s); retrying", self.key, e)
                     await asyncio.sleep(1.0)
         finally:
             await redis.aclose()
