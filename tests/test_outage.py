@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", appendonly=True)
     server.start()
-    yield server  # type: ignore[misc]
+    yield server
     if server.running:
         server.stop()
 
