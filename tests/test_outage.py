@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio import Redis as RedisClient
 
-from ezdash.redis_server import RedisServer
+from ezdash.keys import Keys
+from ezdash.redis_server import RedisServer, free_port
+from ezdash.security.audit import AuditLog
 from ezdash.settings import Settings
 
 from .conftest import ADMIN_KEY, FAST, Api, Fleet, Response, start_api, stop_api, wait_for
@@ -155,6 +158,10 @@ async def test_redis_killed_and_restarted_under_load(
         assert await wait_for(audited, 20, what="audit records of the outage") >= load.refused
         outage_lines = [r for r in caplog.records if "redis unavailable" in r.getMessage()]
         assert 1 <= len(outage_lines) <= 2, [r.getMessage() for r in outage_lines]
+        scrape = (await api.get("/metrics")).body.decode()
+        assert "ezdash_audit_dropped_total 0\n" in scrape
+        assert "# TYPE ezdash_redis_outages_total counter" in scrape
+        assert "ezdash_redis_outages_total 0\n" not in scrape
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     finally:
         await fleet.close()
@@ -217,3 +224,22 @@ async def _count(items: list[Any], n: int) -> bool:
 
 async def _count_refused(load: Load, n: int) -> bool:
     return load.refused >= n
+
+
+async def test_audit_buffer_is_bounded_and_counts_what_it_drops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens on the port: every write fails, the records wait, the overflow
+    is counted and logged, and close() gives up after its timeout."""
+    caplog.set_level(logging.ERROR, logger="ezdash.audit")
+    dead = RedisClient.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    log = AuditLog(dead, Keys(), 1000, buffer=5)
+    for i in range(8):
+        log.record(principal="p", action="a", target=str(i), client="c", status=503)
+    assert log.buffered == 5 and log.dropped == 3
+    assert any("audit buffer full" in r.getMessage() for r in caplog.records)
+    started = time.monotonic()
+    await log.close(0.5)
+    assert time.monotonic() - started < 3
+    assert any("5 audit records unwritten" in r.getMessage() for r in caplog.records)
+    await dead.aclose()

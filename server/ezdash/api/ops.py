@@ -19,8 +19,10 @@ from .openapi import openapi_document
 from .stats import labels_text
 
 
-def _gauge(name: str, help_text: str, rows: list[tuple[dict[str, str], float]]) -> list[str]:
-    out = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+def _metric(
+    name: str, help_text: str, rows: list[tuple[dict[str, str], float]], kind: str = "gauge"
+) -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     for labels, value in rows:
         out.append(f"{name}{labels_text(**labels) if labels else ''} {value:g}")
     return out
@@ -41,18 +43,18 @@ class MetricsHandler(APIHandler):
         now = await svc.redis_now_ms()
         by_status = await svc.agents.count_by_status()
         queues = await svc.tasks.queue_stats(now)
-        lines = _gauge(
+        lines = _metric(
             "ezdash_build_info", "Version of this instance.", [({"version": __version__}, 1)]
         )
-        lines += _gauge(
+        lines += _metric(
             "ezdash_uptime_seconds",
             "Seconds since this instance started.",
             [({}, round(time.time() - svc.started, 3))],
         )
-        lines += _gauge(
+        lines += _metric(
             "ezdash_redis_ping_seconds", "Round trip to Redis at scrape time.", [({}, redis_s)]
         )
-        lines += _gauge(
+        lines += _metric(
             "ezdash_agents",
             "Agents by status (the whole fleet).",
             [({"status": s}, by_status.get(s, 0)) for s in AGENT_STATUSES],
@@ -66,21 +68,40 @@ class MetricsHandler(APIHandler):
             name = "ezdash_queue_" + field.replace("_s", "_seconds").replace(
                 "per_min", "per_minute"
             )
-            lines += _gauge(name, help_text, [({"queue": q["name"]}, q[field]) for q in queues])
-        lines += _gauge(
+            lines += _metric(name, help_text, [({"queue": q["name"]}, q[field]) for q in queues])
+        lines += _metric(
             "ezdash_log_stream_readers",
             "Live log stream readers on this instance.",
             [({}, len(svc.log_tail.readers))],
         )
-        lines += _gauge(
-            "ezdash_analytics_cache_hits",
+        lines += _metric(
+            "ezdash_analytics_cache_hits_total",
             "Analytics answers served from cache by this instance (since start).",
             [({}, svc.cache.hits)],
+            "counter",
         )
-        lines += _gauge(
-            "ezdash_analytics_cache_misses",
+        lines += _metric(
+            "ezdash_analytics_cache_misses_total",
             "Analytics answers computed by this instance (since start).",
             [({}, svc.cache.misses)],
+            "counter",
+        )
+        lines += _metric(
+            "ezdash_audit_buffered",
+            "Audit records waiting in this instance for Redis.",
+            [({}, svc.audit.buffered)],
+        )
+        lines += _metric(
+            "ezdash_audit_dropped_total",
+            "Audit records this instance could not keep (its buffer was full).",
+            [({}, svc.audit.dropped)],
+            "counter",
+        )
+        lines += _metric(
+            "ezdash_redis_outages_total",
+            "Times this instance found Redis unavailable.",
+            [({}, svc.redis_watch.outages)],
+            "counter",
         )
         lines += svc.request_stats.lines()
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
