@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..invariants import ALERT_WINDOW_MIN_S
 from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
 from ..timeutil import parse_duration
 
@@ -291,7 +292,7 @@ class AlertRule(Strict):
             seconds = parse_duration(value)
         except ValueError as e:
             raise ValueError(str(e)) from None
-        if not 60 <= seconds <= 86_400 or seconds % 60:
+        if not ALERT_WINDOW_MIN_S <= seconds <= 86_400 or seconds % 60:
             raise ValueError("whole minutes from 1m to 24h")
         if info.data.get("kind") == "cost_burn" and seconds % 3600:
             raise ValueError("cost_burn compares whole hours (1h, 2h, ...)")
