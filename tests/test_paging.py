@@ -111,14 +111,20 @@ async def later_than(api: Api, ms: int) -> None:
     await wait_for(past, what=f"the Redis clock to pass {ms}")
 
 
-@pytest.mark.parametrize("name", list(LISTS))
-async def test_a_list_pages_across_time_each_item_once_in_order(
-    api: Api, fleet: Fleet, name: str
-) -> None:
+async def seeded(api: Api, fleet: Fleet, name: str) -> tuple[str, tuple[str, ...], Any]:
+    """The list's query, its other filters, and the whole list in one page."""
     path, others, seed = LISTS[name]
     await seed(api, fleet)
     everything = (await api.get(f"{path}&limit=500")).json
     assert len(everything["items"]) >= 3 and everything["next_cursor"] is None
+    return path, others, everything
+
+
+@pytest.mark.parametrize("name", list(LISTS))
+async def test_a_list_pages_across_time_each_item_once_in_order(
+    api: Api, fleet: Fleet, name: str
+) -> None:
+    path, others, everything = await seeded(api, fleet, name)
 
     seen: list[str] = []
     cursor = None
@@ -147,10 +153,8 @@ async def test_a_list_pages_across_time_each_item_once_in_order(
 async def test_every_page_is_cut_from_the_first_pages_window(
     api: Api, fleet: Fleet, name: str
 ) -> None:
-    path, _, seed = LISTS[name]
-    await seed(api, fleet)
-    everything = (await api.get(f"{path}&limit=500")).json["items"]
-    oldest = everything[-1]
+    path, _, whole = await seeded(api, fleet, name)
+    everything, oldest = whole["items"], whole["items"][-1]
     # a window whose start is a second before the oldest item, as of now
     span = await api.services.redis_now_ms() - TIMED[name](oldest) + 1000
     windowed = path.replace("from=now-2h", f"from=now-{span}ms")

@@ -53,15 +53,20 @@ def test_bad_values_fail_loudly(monkeypatch: pytest.MonkeyPatch, var: str, value
         Settings()
 
 
-def test_cli_reports_bad_configuration(tmp_path: Path) -> None:
-    env = {"EZ_PORT": "eighty", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
+def serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``ezdash serve`` in its own process, with only ``env`` set."""
+    return subprocess.run(
         [sys.executable, "-m", "ezdash.cli", "serve"],
-        env=env,
+        env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
+        timeout=60,
     )
+
+
+def test_cli_reports_bad_configuration(tmp_path: Path) -> None:
+    proc = serve({"EZ_PORT": "eighty"}, tmp_path)
     assert proc.returncode == 2
     assert "EZ_PORT" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -158,15 +163,7 @@ async def _never(ctx: object) -> None:
 
 
 def test_cli_refuses_a_bad_combination_before_starting_anything(tmp_path: Path) -> None:
-    env = {"EZ_VISIBILITY_TIMEOUT": "5s", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ezdash.cli", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = serve({"EZ_VISIBILITY_TIMEOUT": "5s"}, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "ezdash: configuration: EZ_VISIBILITY_TIMEOUT (5s) must exceed twice "
