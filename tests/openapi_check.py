@@ -22,11 +22,21 @@ def find_operation(method: str, path: str) -> tuple[str, dict[str, Any]]:
     raise AssertionError(f"{method} {bare} is not in the OpenAPI document")
 
 
+def _validate(instance: Any, schema: dict[str, Any]) -> None:
+    full = {**schema, "components": openapi_document()["components"]}
+    jsonschema.validate(instance, full, cls=jsonschema.Draft202012Validator)
+
+
+def check_request(method: str, path: str, body: Any) -> None:
+    """``body`` is a request body the document admits for this operation."""
+    _, op = find_operation(method, path)
+    _validate(body, op["requestBody"]["content"]["application/json"]["schema"])
+
+
 def check_response(method: str, path: str, resp: Response) -> None:
     _, op = find_operation(method, path)
     spec = op["responses"].get(str(resp.status))
     assert spec is not None, f"{method} {path} answered {resp.status}, not documented"
     ctype = resp.headers["Content-Type"].split(";")[0]
     assert ctype in spec["content"], f"{ctype} not documented for {resp.status}"
-    schema = {**spec["content"][ctype]["schema"], "components": openapi_document()["components"]}
-    jsonschema.validate(resp.json, schema, cls=jsonschema.Draft202012Validator)
+    _validate(resp.json, spec["content"][ctype]["schema"])

@@ -21,6 +21,7 @@ from tornado.websocket import websocket_connect
 from ezdash.api.alerting import evaluate_all, sign
 
 from .conftest import ADMIN_KEY, Api, Fleet, wait_for
+from .openapi_check import check_request, check_response
 
 pytestmark = pytest.mark.timeout(120)
 FAST_ALERTS = {"alert_interval": 0.2, "webhook_backoff": 0.05, "webhook_attempts": 4}
@@ -288,6 +289,15 @@ async def test_cost_burn_fires_when_spend_beats_the_forecast(api: Api) -> None:
             "rules.0.webhook.url",
         ),
         ({"id": "x", "kind": "agent_unresponsive", "colour": "red"}, "rules.0.colour"),
+        (
+            {
+                "id": "x",
+                "kind": "queue_age",
+                "threshold": 1,
+                "webhook": {"url": "http://x/", "signed": "yes"},
+            },
+            "rules.0.webhook.signed",
+        ),
     ],
 )
 async def test_bad_rules_are_refused_naming_the_field(
@@ -316,3 +326,53 @@ async def test_rules_need_admin_to_change_and_hide_secrets(api: Api) -> None:
     assert dup.status == 422 and dup.json["errors"][0]["field"] == "rules"
     audit = (await api.get("/api/audit?limit=20")).json["items"]
     assert any(a["action"] == "alerts.rules" and a["result"] == "ok" for a in audit)
+
+
+@pytest.mark.parametrize("settings_overrides", [FAST_ALERTS])
+async def test_what_get_answers_put_takes_back_unchanged(api: Api, receiver: Receiver) -> None:
+    hook = {"url": receiver.url}
+    await put_rules(
+        api,
+        [
+            {
+                "id": "kept",
+                "kind": "error_rate",
+                "threshold": 0.2,
+                "webhook": {**hook, "secret": SECRET},
+            },
+            # claiming to be signed signs nothing: only a secret does
+            {
+                "id": "claimed",
+                "kind": "error_rate",
+                "threshold": 0.2,
+                "webhook": {**hook, "signed": True},
+            },
+            {"id": "plain", "kind": "queue_age", "threshold": 60, "window": "2m"},
+        ],
+    )
+    got = await api.get("/api/alerts/rules")
+    check_response("GET", "/api/alerts/rules", got)  # exactly as the document describes it
+    shown = got.json
+    assert [r["webhook"] for r in shown["rules"]] == [
+        {**hook, "signed": True},
+        {**hook, "signed": False},
+        None,
+    ]
+    check_request("PUT", "/api/alerts/rules", shown)  # the document admits it back
+    put = await api.fetch("PUT", "/api/alerts/rules", json=shown)
+    assert put.status == 200, put.json
+    check_response("PUT", "/api/alerts/rules", put)
+    assert put.json == shown
+    # `signed` is ignored either way: false does not drop the secret either
+    shown["rules"][0]["webhook"]["signed"] = False
+    await put_rules(api, shown["rules"])
+    assert (await api.get("/api/alerts/rules")).json == put.json
+
+    # The secret outlived both PUTs: deliveries are still signed with it.
+    now = await api.services.redis_now_ms()
+    assert (await api.post("/api/ingest/usage", json=usage(now, 40, errors=12))).status == 202
+    await wait_for(lambda: _async(len(receiver.calls) >= 2), what="both webhooks")
+    calls = {orjson.loads(c["body"])["alert"]["rule_id"]: c for c in receiver.calls}
+    kept = calls["kept"]
+    assert kept["signature"] == sign(SECRET, kept["timestamp"], kept["body"])
+    assert calls["claimed"]["signature"] is None

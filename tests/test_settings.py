@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ezdash.agent import Agent, AgentConfig
 from ezdash.cli import main, parser, settings_from
+from ezdash.invariants import (
+    ALERT_INTERVAL,
+    ANALYST_PORT,
+    HEARTBEAT_TIMEOUT,
+    LEASE,
+    SERVER_RULES,
+    Rule,
+)
 from ezdash.settings import Settings
 from ezdash.timeutil import format_ms, parse_duration, parse_time
 
@@ -44,17 +53,125 @@ def test_bad_values_fail_loudly(monkeypatch: pytest.MonkeyPatch, var: str, value
         Settings()
 
 
-def test_cli_reports_bad_configuration(tmp_path: Path) -> None:
-    env = {"EZ_PORT": "eighty", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
+def serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``ezdash serve`` in its own process, with only ``env`` set."""
+    return subprocess.run(
         [sys.executable, "-m", "ezdash.cli", "serve"],
-        env=env,
+        env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
+        timeout=60,
     )
+
+
+def test_cli_reports_bad_configuration(tmp_path: Path) -> None:
+    proc = serve({"EZ_PORT": "eighty"}, tmp_path)
     assert proc.returncode == 2
     assert "EZ_PORT" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Each rule between settings: values that break it (and the words naming them), and
+# the nearest values that keep it.
+RULE_CASES = [
+    (
+        LEASE,
+        {"EZ_VISIBILITY_TIMEOUT": "10s", "EZ_HEARTBEAT_INTERVAL": "5s"},
+        "EZ_VISIBILITY_TIMEOUT (10s) must exceed twice EZ_HEARTBEAT_INTERVAL (5s)",
+        {"EZ_VISIBILITY_TIMEOUT": "10001ms", "EZ_HEARTBEAT_INTERVAL": "5s"},
+    ),
+    (
+        HEARTBEAT_TIMEOUT,
+        {"EZ_HEARTBEAT_TIMEOUT": "5s", "EZ_HEARTBEAT_INTERVAL": "5s"},
+        "EZ_HEARTBEAT_TIMEOUT (5s) must exceed EZ_HEARTBEAT_INTERVAL (5s)",
+        {"EZ_HEARTBEAT_TIMEOUT": "5001ms", "EZ_HEARTBEAT_INTERVAL": "5s"},
+    ),
+    (
+        ALERT_INTERVAL,
+        {"EZ_ALERT_INTERVAL": "61s"},
+        "EZ_ALERT_INTERVAL (61s) must not exceed the shortest alert window (1m)",
+        {"EZ_ALERT_INTERVAL": "1m"},
+    ),
+    (
+        ANALYST_PORT,
+        {"EZ_PORT": "8889", "EZ_ANALYST_PORT": "8889"},
+        "EZ_ANALYST_PORT (8889) must differ from EZ_PORT (8889)",
+        {"EZ_PORT": "8889", "EZ_ANALYST_PORT": "8889", "EZ_ANALYST": "false"},
+    ),
+]
+
+
+def test_every_rule_is_tested() -> None:
+    assert [case[0] for case in RULE_CASES] == list(SERVER_RULES)
+
+
+@pytest.mark.parametrize(
+    ("rule", "bad", "words", "good"), RULE_CASES, ids=[c[2].split()[0] for c in RULE_CASES]
+)
+def test_settings_are_checked_as_a_whole(
+    monkeypatch: pytest.MonkeyPatch,
+    rule: Rule,
+    bad: dict[str, str],
+    words: str,
+    good: dict[str, str],
+) -> None:
+    for var, value in bad.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    (error,) = caught.value.errors()
+    assert error["loc"] == ()  # the combination is wrong, not one value
+    assert str(error["ctx"]["error"]).startswith(words)
+    for var, value in good.items():
+        monkeypatch.setenv(var, value)
+    Settings()  # just inside the rule
+
+
+def test_every_broken_rule_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    for _, bad, _, _ in RULE_CASES:
+        for var, value in bad.items():
+            monkeypatch.setenv(var, value)
+    monkeypatch.setenv("EZ_HEARTBEAT_INTERVAL", "5s")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    lines = str(caught.value.errors()[0]["ctx"]["error"]).splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "EZ_VISIBILITY_TIMEOUT",
+        "EZ_HEARTBEAT_TIMEOUT",
+        "EZ_ALERT_INTERVAL",
+        "EZ_ANALYST_PORT",
+    ]
+
+
+def test_agents_obey_the_same_rule() -> None:
+    with pytest.raises(ValidationError) as server:
+        Settings(visibility_timeout=10, heartbeat_interval=5)
+    with pytest.raises(ValueError, match="twice") as agent:
+        AgentConfig(visibility_timeout=10, heartbeat_interval=5)
+    said = str(agent.value)
+    assert said.startswith("visibility_timeout (10s) must exceed twice heartbeat_interval (5s)")
+    # the same sentence, only the names differ
+    assert str(server.value.errors()[0]["ctx"]["error"]).replace("EZ_", "").lower() == said.lower()
+    config = AgentConfig(visibility_timeout=11, heartbeat_interval=5)
+    config.visibility_timeout = 10  # changed after it was checked: the agent checks again
+    with pytest.raises(ValueError, match="twice"):
+        Agent("a1", _never, redis_url="redis://127.0.0.1:9", config=config)
+
+
+async def _never(ctx: object) -> None:
+    raise AssertionError("never runs")
+
+
+def test_cli_refuses_a_bad_combination_before_starting_anything(tmp_path: Path) -> None:
+    proc = serve({"EZ_VISIBILITY_TIMEOUT": "5s"}, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "ezdash: configuration: EZ_VISIBILITY_TIMEOUT (5s) must exceed twice "
+        "EZ_HEARTBEAT_INTERVAL (5s): a running task's lease is renewed at each heartbeat, "
+        "and one late heartbeat must not hand the task to another agent"
+    ]
+    assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no data directory: Redis never started
 
 
 def test_demo_needs_a_redis(

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .settings import Settings, load_settings
+from .settings import Settings, env_name, load_settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -91,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
     except ValidationError as e:
         for err in e.errors(include_url=False):
-            name = "EZ_" + "_".join(str(x) for x in err["loc"]).upper()
-            print(f"ezdash: configuration {name}: {err['msg']}", file=sys.stderr)
+            where = " " + env_name("_".join(str(x) for x in err["loc"])) if err["loc"] else ""
+            # a rule's own words, without pydantic's "Value error, " in front
+            text = str(err.get("ctx", {}).get("error", err["msg"]))
+            for line in text.splitlines():
+                print(f"ezdash: configuration{where}: {line}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

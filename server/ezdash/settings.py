@@ -15,7 +15,14 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .invariants import SERVER_RULES, problems
 from .timeutil import parse_duration
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: ``heartbeat_interval`` ->
+    ``EZ_HEARTBEAT_INTERVAL``."""
+    return "EZ_" + field.upper()
 
 
 def _duration(value: Any) -> float:
@@ -205,6 +212,9 @@ class Settings(BaseSettings):
             )
         if "*" in self.cors_origins and len(self.cors_origins) > 1:
             raise ValueError("EZ_CORS_ORIGINS: '*' cannot be combined with explicit origins")
+        found = problems(self, SERVER_RULES, env_name)  # one line each (see ezdash.invariants)
+        if found:
+            raise ValueError("\n".join(found))
         return self
 
 

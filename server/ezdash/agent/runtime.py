@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import __version__
 from ..aio import reraise_if_cancelling
 from ..ids import AGENT_ID
+from ..invariants import AGENT_RULES, problems
 from ..keys import Keys
 from ..metrics.events import UsageEvent
 from ..metrics.pricing import PriceTable, load_price_table
@@ -95,6 +96,16 @@ class AgentConfig:
     its hooks) to the log stream; see ``LogHandler`` for what is and is not taken."""
     capture_loggers: list[str] = field(default_factory=lambda: [""])  # "" is the root logger
     capture_level: int | str = logging.INFO
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values that break a rule between them (``ezdash.invariants``, the
+        rules the server's settings obey too)."""
+        found = problems(self, AGENT_RULES)
+        if found:
+            raise ValueError("; ".join(found))
 
 
 @dataclass
@@ -184,8 +195,7 @@ class Agent:
         self.id = agent_id
         self.handler = handler
         self.config = config or AgentConfig()
-        if self.config.visibility_timeout <= 2 * self.config.heartbeat_interval:
-            raise ValueError("visibility_timeout must exceed twice heartbeat_interval")
+        self.config.check()  # again: a config may have been changed since it was made
         self.on_restart = on_restart
         self._url = redis_url
         self.redis: Redis = redis or Redis.from_url(redis_url or "", decode_responses=True)

@@ -9,10 +9,10 @@ from ..keys import AGENT_STATUSES
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import percentiles, plan
-from ..store.paging import CursorError
 from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
-from .base import APIHandler, cursor_problem
+from .base import APIHandler
 from .errors import Problem, conflict, invalid, not_found
+from .listing import list_page, text
 from .services import Services
 
 
@@ -30,14 +30,11 @@ class AgentsHandler(APIHandler):
         status = self.q_str("status", choices=AGENT_STATUSES)
         kind = self.q_str("kind", max_len=128)
         q = self.q_str("q", max_len=128)
-        limit, cursor = self.page_args()
-        try:
-            items, nxt = await self.services.agents.page(
-                status=status, kind=kind, q=q, limit=limit, cursor=cursor
-            )
-        except CursorError as e:
-            raise cursor_problem(e) from e
-        self.write_json({"items": items, "next_cursor": nxt})
+        page = await list_page(self, text)
+        items, last = await self.services.agents.page(
+            status=status, kind=kind, q=q, limit=page.limit, after=page.after
+        )
+        self.write_json({"items": items, "next_cursor": page.next_cursor(last)})
 
 
 class AgentHandler(APIHandler):

@@ -160,9 +160,9 @@ async def evaluate(svc: Services, rule: dict[str, Any], now: int) -> list[Findin
         ]
     if kind == "agent_unresponsive":
         out = []
-        cursor: str | None = None
+        after: str | None = None
         while True:
-            items, cursor = await svc.agents.page(status="unresponsive", limit=500, cursor=cursor)
+            items, after = await svc.agents.page(status="unresponsive", limit=500, after=after)
             for a in items:
                 if filters.get("agent") in (None, a["id"]):
                     age = a.get("heartbeat_age_s")
@@ -174,7 +174,7 @@ async def evaluate(svc: Services, rule: dict[str, Any], now: int) -> list[Findin
                             f"agent {a['id']} has not sent a heartbeat for {age} s",
                         )
                     )
-            if cursor is None:
+            if after is None:
                 return out
     if kind == "queue_age":
         out = []

@@ -27,7 +27,7 @@ class AlertRulesHandler(APIHandler):
     async def put(self) -> None:
         self.check_query(())
         body = self.json_body(AlertRules)
-        rules = [r.model_dump(mode="json") for r in body.rules]
+        rules = [r.stored() for r in body.rules]
         saved = await save_rules(self.services, rules)
         self.audit_detail = f"rules={len(saved)}"
         self.write_json({"rules": [public_rule(r) for r in saved]})

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..store.paging import CursorError
 from .base import APIHandler
 from .errors import Problem, invalid, not_found
+from .listing import entry_id, list_page
 from .models import KeyCreate
 
 
@@ -63,31 +63,20 @@ class AuditHandler(APIHandler):
 
     async def get(self) -> None:
         self.check_query({"principal", "action", "result", "from", "to", "limit", "cursor"})
-        now = await self.services.redis_now_ms()
-        start, end = self.q_time("from", now), self.q_time("to", now)
+        page = await list_page(self, entry_id, timed=True)
+        start, end = self.q_time("from", page.now), self.q_time("to", page.now)
         if start is not None and end is not None and end < start:
             raise invalid("to", "must not be before from")
-        limit, cursor = self.page_args()
-        if cursor is not None and not _stream_id(cursor):
-            raise invalid("cursor", "is not valid", 400)
-        try:
-            items, nxt = await self.services.audit.page(
-                principal=self.q_str("principal"),
-                action=self.q_str("action"),
-                result=self.q_str("result", choices=("ok", "denied", "failed")),
-                start_ms=start,
-                end_ms=end,
-                limit=limit,
-                cursor=cursor,
-            )
-        except CursorError as e:
-            raise invalid("cursor", str(e), 400) from e
-        self.write_json({"items": items, "next_cursor": nxt})
-
-
-def _stream_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and seq.isdigit()
+        items, last = await self.services.audit.page(
+            principal=self.q_str("principal"),
+            action=self.q_str("action"),
+            result=self.q_str("result", choices=("ok", "denied", "failed")),
+            start_ms=start,
+            end_ms=end,
+            limit=page.limit,
+            after=page.after,
+        )
+        self.write_json({"items": items, "next_cursor": page.next_cursor(last)})
 
 
 default_handlers = [

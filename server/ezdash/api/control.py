@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..ids import SERVER_ID
 from ..keys import COMMAND_STATUSES
-from ..store.paging import CursorError
 from .agents import check_agent_id
-from .base import APIHandler, cursor_problem
+from .base import APIHandler
 from .errors import not_found
+from .listing import list_page, text
 
 
 class CommandsHandler(APIHandler):
@@ -19,14 +19,11 @@ class CommandsHandler(APIHandler):
         if agent is not None:
             check_agent_id(agent)
         status = self.q_str("status", choices=COMMAND_STATUSES)
-        limit, cursor = self.page_args()
-        try:
-            items, nxt = await self.services.commands.page(
-                agent=agent, status=status, limit=limit, cursor=cursor
-            )
-        except CursorError as e:
-            raise cursor_problem(e) from e
-        self.write_json({"items": items, "next_cursor": nxt})
+        page = await list_page(self, text)
+        items, last = await self.services.commands.page(
+            agent=agent, status=status, limit=page.limit, after=page.after
+        )
+        self.write_json({"items": items, "next_cursor": page.next_cursor(last)})
 
 
 class CommandHandler(APIHandler):

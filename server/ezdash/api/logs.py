@@ -27,11 +27,11 @@ from ..store.logs import (
     stream_id,
     validate,
 )
-from ..store.paging import CursorError, decode_cursor, encode_cursor
 from ..store.tasks import fingerprint
 from ..timeutil import format_ms, parse_time
-from .base import APIHandler, cursor_problem
+from .base import APIHandler
 from .errors import Problem, invalid
+from .listing import entry_id, list_page
 
 DAY = 86_400_000
 FILTER_PARAMS = ("agent", "task", "level", "q")
@@ -56,10 +56,9 @@ class LogsHandler(APIHandler):
             q=self.q_str("q", max_len=200),
         )
 
-    async def time_range(self) -> tuple[int, int]:
-        """``from``/``to`` select by the time the server recorded an entry (its id);
-        the default is the last 24 h, as everywhere in the API."""
-        now = await self.services.redis_now_ms()
+    def time_range(self, now: int) -> tuple[int, int]:
+        """``from``/``to`` select by the time the server recorded an entry (its id),
+        resolved at ``now``; the default is the last 24 h, as everywhere in the API."""
         start = self.q_time("from", now)
         end = self.q_time("to", now)
         end = now + 1 if end is None else end
@@ -73,28 +72,15 @@ class SearchHandler(LogsHandler):
     async def get(self) -> None:
         self.check_query({*FILTER_PARAMS, "from", "to", "limit", "cursor"})
         flt = self.log_filter()
-        start, end = await self.time_range()
-        limit, cursor = self.page_args()
-        before: str | None = None
-        # The cursor is bound to the filters as written: "now-1h" moves between pages,
-        # and the cursor's position already bounds the newer end.
-        scope = {
-            **flt.as_dict(),
-            "from": self.get_query_argument("from", None),
-            "to": self.get_query_argument("to", None),
-        }
-        if cursor is not None:
-            try:
-                (before,) = decode_cursor(cursor, scope)
-            except (CursorError, ValueError) as e:
-                raise cursor_problem(CursorError(str(e))) from None
+        page = await list_page(self, entry_id, timed=True)
+        start, end = self.time_range(page.now)
         found, last = await self.services.logs.search(
-            flt, start_ms=start, end_ms=end, before=before, limit=limit
+            flt, start_ms=start, end_ms=end, before=page.after, limit=page.limit
         )
         self.write_json(
             {
                 "items": [public(i, d) for i, d in found],
-                "next_cursor": encode_cursor([last], scope) if last else None,
+                "next_cursor": page.next_cursor(last),
             }
         )
 
@@ -108,7 +94,7 @@ class ExportHandler(LogsHandler):
         self.check_query({*FILTER_PARAMS, "from", "to", "format"})
         fmt = self.q_str("format", choices=("ndjson", "csv")) or "ndjson"
         flt = self.log_filter()
-        start, end = await self.time_range()
+        start, end = self.time_range(await self.services.redis_now_ms())
         await self.settle()  # nothing may be sent before the credential check passed
         gzip = "gzip" in self.request.headers.get("Accept-Encoding", "")
         stamp = [str(format_ms(t))[:19].replace(":", "") for t in (start, end)]

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..invariants import ALERT_WINDOW_MIN_S
 from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
 from ..timeutil import parse_duration
 
@@ -238,13 +239,32 @@ ALERT_KINDS = ("error_rate", "latency_p95", "agent_unresponsive", "queue_age", "
 
 
 class Webhook(Strict):
+    """A rule's webhook as PUT. Everything GET answered may be sent back as it was:
+    ``signed`` is accepted and ignored, and a webhook without ``secret`` keeps the one
+    it had when the rule id and URL are unchanged."""
+
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
     secret: str | None = Field(
         None,
         min_length=16,
         max_length=256,
         description="Signs each POST (HMAC-SHA256); never shown again after PUT.",
+        json_schema_extra={"writeOnly": True},
     )
+    signed: bool | None = Field(
+        None,
+        description="What GET shows; ignored here: only a secret signs deliveries.",
+        json_schema_extra={"readOnly": True},
+    )
+
+
+class WebhookView(BaseModel):
+    """A rule's webhook as GET shows it: never the secret, only whether there is one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    signed: bool = Field(description="Deliveries carry X-EzDash-Signature (a secret is set).")
 
 
 class AlertFilters(Strict):
@@ -254,11 +274,8 @@ class AlertFilters(Strict):
     queue: str | None = Field(None, pattern=QUEUE_PATTERN)
 
 
-class AlertRule(Strict):
-    """One rule. ``threshold`` means: error_rate a fraction (0-1] of requests;
-    latency_p95 milliseconds; queue_age seconds of the oldest waiting task;
-    cost_burn the interval level in percent (default 95) that spend over the window
-    must exceed; agent_unresponsive takes none."""
+class AlertRuleFields(Strict):
+    """Every field of a rule but its webhook, which is shown otherwise than it is PUT."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     name: str = Field("", max_length=200)
@@ -269,7 +286,6 @@ class AlertRule(Strict):
     )
     filters: AlertFilters = Field(default_factory=AlertFilters)
     min_requests: int = Field(10, ge=1, le=1_000_000, description="error_rate only")
-    webhook: Webhook | None = None
     enabled: bool = True
 
     @field_validator("threshold")
@@ -298,11 +314,41 @@ class AlertRule(Strict):
             seconds = parse_duration(value)
         except ValueError as e:
             raise ValueError(str(e)) from None
-        if not 60 <= seconds <= 86_400 or seconds % 60:
+        if not ALERT_WINDOW_MIN_S <= seconds <= 86_400 or seconds % 60:
             raise ValueError("whole minutes from 1m to 24h")
         if info.data.get("kind") == "cost_burn" and seconds % 3600:
             raise ValueError("cost_burn compares whole hours (1h, 2h, ...)")
         return value
+
+
+class AlertRule(AlertRuleFields):
+    """One rule. ``threshold`` means: error_rate a fraction (0-1] of requests;
+    latency_p95 milliseconds; queue_age seconds of the oldest waiting task;
+    cost_burn the interval level in percent (default 95) that spend over the window
+    must exceed; agent_unresponsive takes none."""
+
+    webhook: Webhook | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """What is kept of the rule: ``signed`` is never stored, it is derived from
+        the secret whenever the rule is shown."""
+        return self.model_dump(mode="json", exclude={"webhook": {"signed"}})
+
+
+class AlertRuleView(AlertRuleFields):
+    """One rule as GET shows it (its fields as in AlertRule)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    webhook: WebhookView | None
+
+
+class AlertRulesAnswer(BaseModel):
+    """The alert rules, as GET answers them and as PUT may take them back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[AlertRuleView]
 
 
 class AlertRules(Strict):
@@ -520,6 +566,7 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     Live,
     AlertRule,
     AlertRules,
+    AlertRulesAnswer,
     Alert,
     AlertsAnswer,
     LogEntry,

@@ -379,13 +379,13 @@ def openapi_document() -> dict[str, Any]:
             "get": _op(
                 "The alert rules (webhook secrets are never shown)",
                 "read",
-                {"200": _ok(_ref("AlertRules"))},
+                {"200": _ok(_ref("AlertRulesAnswer"))},
             ),
             "put": _op(
                 "Replace the alert rules (a webhook without a secret keeps its old one "
                 "when id and URL are unchanged)",
                 "admin",
-                {"200": _ok(_ref("AlertRules"))},
+                {"200": _ok(_ref("AlertRulesAnswer"))},
                 body="AlertRules",
             ),
         },

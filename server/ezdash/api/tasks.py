@@ -8,10 +8,10 @@ import orjson
 
 from ..ids import SERVER_ID
 from ..keys import TASK_STATUSES
-from ..store.paging import CursorError
 from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
-from .base import APIHandler, cursor_problem
+from .base import APIHandler
 from .errors import Problem, conflict, invalid, not_found
+from .listing import list_page, number, text
 from .models import QUEUE_PATTERN, TYPE_PATTERN, TaskCreate
 
 RETRYABLE = ("failed", "dead", "cancelled")
@@ -30,8 +30,8 @@ class TasksHandler(APIHandler):
 
     async def get(self) -> None:
         self.check_query({"status", "queue", "agent", "type", "from", "to", "limit", "cursor"})
-        now = await self.services.redis_now_ms()
-        start, end = self.q_time("from", now), self.q_time("to", now)
+        page = await list_page(self, (number, text), timed=True)
+        start, end = self.q_time("from", page.now), self.q_time("to", page.now)
         if start is not None and end is not None and end < start:
             raise invalid("to", "must not be before from")
         queue = self.q_str("queue", max_len=64)
@@ -40,21 +40,17 @@ class TasksHandler(APIHandler):
         ttype = self.q_str("type", max_len=128)
         if ttype is not None and not _match(TYPE_PATTERN, ttype):
             raise invalid("type", "task types are 1-128 characters of A-Z a-z 0-9 . _ : / -")
-        limit, cursor = self.page_args()
-        try:
-            items, nxt = await self.services.tasks.page(
-                status=self.q_str("status", choices=TASK_STATUSES),
-                queue=queue,
-                agent=self.q_str("agent", max_len=128),
-                type=ttype,
-                start_ms=start,
-                end_ms=end,
-                limit=limit,
-                cursor=cursor,
-            )
-        except CursorError as e:
-            raise cursor_problem(e) from e
-        self.write_json({"items": items, "next_cursor": nxt})
+        items, last = await self.services.tasks.page(
+            status=self.q_str("status", choices=TASK_STATUSES),
+            queue=queue,
+            agent=self.q_str("agent", max_len=128),
+            type=ttype,
+            start_ms=start,
+            end_ms=end,
+            limit=page.limit,
+            after=page.after,
+        )
+        self.write_json({"items": items, "next_cursor": page.next_cursor(last)})
 
     async def post(self) -> None:
         self.check_query(())

@@ -17,7 +17,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from ..keys import MetricKeys
-from ..timeutil import format_ms
+from ..timeutil import format_duration, format_ms
 from . import histogram
 from .rollup import ALL, Tier
 
@@ -56,10 +56,7 @@ class Plan:
 
 
 def fmt_step(ms: int) -> str:
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
+    return format_duration(ms / 1000)
 
 
 def plan(

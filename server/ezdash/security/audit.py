@@ -157,11 +157,11 @@ class AuditLog:
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int = 50,
-        cursor: str | None = None,
+        after: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first.  The cursor is the last entry id returned (stream ids are
-        already opaque, ordered and stable)."""
-        hi = f"({cursor}" if cursor else (str(end_ms) if end_ms is not None else "+")
+        """Newest first, from just before entry ``after`` when given; with the last
+        entry id this page looked at, None at the end."""
+        hi = f"({after}" if after else (str(end_ms) if end_ms is not None else "+")
         lo = str(start_ms) if start_ms is not None else "-"
         items: list[dict[str, Any]] = []
         scanned = 0

@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 
 from ..keys import Keys
 from ..timeutil import format_ms
-from .paging import decode_cursor, encode_cursor
 from .scripts import Scripts
 
 _PAGE = """
@@ -77,12 +76,12 @@ class AgentStore:
         kind: str | None = None,
         q: str | None = None,
         limit: int = 50,
-        cursor: str | None = None,
+        after: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Agents in id order.  Filters are applied to the derived status, so
-        ``status=unresponsive`` finds the agents that stopped heartbeating."""
-        filters = {"status": status, "kind": kind, "q": q}
-        after = str(decode_cursor(cursor, filters)[0]) if cursor else ""
+        """Agents in id order, from just after id ``after`` when given; with the last
+        id this page looked at, None at the end. Filters are applied to the derived
+        status, so ``status=unresponsive`` finds the agents that stopped heartbeating."""
+        after = after or ""
         needle = q.lower() if q else None
         items: list[dict[str, Any]] = []
         scanned = 0
@@ -108,11 +107,11 @@ class AgentStore:
                 items.append(doc)
                 if len(items) == limit:
                     break
-            if len(ids) < want:
+            if len(ids) < want and len(items) < limit:  # the end, and not a full page
                 return items, None
         if not await self.redis.zrangebylex(self.keys.agent_ids, f"({after}", "+", 0, 1):
             return items, None
-        return items, encode_cursor([after], filters)
+        return items, after
 
     async def get(self, agent_id: str) -> dict[str, Any] | None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -157,12 +156,12 @@ class AgentStore:
         """Agents per derived status (every agent is read; a fleet of thousands is a
         few pages of one script call each)."""
         counts: dict[str, int] = {}
-        cursor: str | None = None
+        after: str | None = None
         while True:
-            items, cursor = await self.page(limit=500, cursor=cursor)
+            items, after = await self.page(limit=500, after=after)
             for a in items:
                 counts[a["status"]] = counts.get(a["status"], 0) + 1
-            if cursor is None:
+            if after is None:
                 return counts
 
     async def count(self) -> int:

@@ -9,7 +9,6 @@ from redis.asyncio import Redis
 from ..ids import new_id
 from ..keys import Keys
 from ..timeutil import format_ms
-from .paging import decode_cursor, encode_cursor
 from .scripts import Scripts
 from .tasks import Conflict, IdempotencyMismatch, NotFound, fingerprint
 
@@ -149,15 +148,15 @@ class CommandStore:
         agent: str | None = None,
         status: str | None = None,
         limit: int = 50,
-        cursor: str | None = None,
+        after: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first; filtered by agent through its index, by status per item."""
-        filters = {"agent": agent, "status": status}
+        """Newest first, from just after command ``after`` when given; with the last
+        command this page looked at, None at the end. Filtered by agent through its
+        index, by status per item."""
         index = self.keys.commands_by_agent(agent) if agent else self.keys.commands
         offset = 0
-        if cursor:
-            member = str(decode_cursor(cursor, filters)[0])
-            rank = cast(int | None, await self.redis.zrevrank(index, member))
+        if after is not None:
+            rank = cast(int | None, await self.redis.zrevrank(index, after))
             offset = (rank + 1) if rank is not None else 0
         items: list[dict[str, Any]] = []
         last = None
@@ -181,4 +180,4 @@ class CommandStore:
                 return items, None
         if not await self.redis.zrevrange(index, offset, offset):
             return items, None
-        return items, encode_cursor([last], filters)
+        return items, last

@@ -157,9 +157,6 @@ class LogFilter:
             return False
         return not self._q or self._q in str(doc.get("message", "")).casefold()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"agent": self.agent, "task": self.task, "level": self.min_level, "q": self.q}
-
 
 def decode(entries: list[Any]) -> list[tuple[str, Doc]]:
     out: list[tuple[str, Doc]] = []

@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 from ..ids import new_id
 from ..keys import FINISHED_STATUSES, GROUP, TASK_STATUSES, Keys
 from ..timeutil import format_ms
-from .paging import decode_cursor, encode_cursor
 from .scripts import Scripts
 
 FIELDS = (
@@ -254,18 +253,12 @@ class TaskStore:
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first.  Uses the status or queue index when filtered by them; other
-        filters are checked per task, within SCAN_BUDGET entries per page."""
-        filters = {
-            "status": status,
-            "queue": queue,
-            "agent": agent,
-            "type": type,
-            "from": start_ms,
-            "to": end_ms,
-        }
+        after: tuple[float, str] | None = None,
+    ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+        """Newest first, from just after ``after`` (the score and id of the last task of
+        the previous page) when given; with where this page ended, None at the end.
+        Uses the status or queue index when filtered by them; other filters are checked
+        per task, within SCAN_BUDGET entries per page."""
         if status:
             index = self.keys.tasks_by_status(status)
         elif queue:
@@ -273,11 +266,11 @@ class TaskStore:
         else:
             index = self.keys.tasks
         lo = float(start_ms) if start_ms is not None else float("-inf")
-        if cursor:
-            score, member = decode_cursor(cursor, filters)
-            rank = cast(int | None, await self.redis.zrevrank(index, str(member)))
-            if rank is None:  # the cursor's task was purged: resume by its score
-                rank = await self.redis.zcount(index, float(score), "+inf") - 1
+        if after is not None:
+            score, member = after
+            rank = cast(int | None, await self.redis.zrevrank(index, member))
+            if rank is None:  # the last task shown was purged: resume by its score
+                rank = await self.redis.zcount(index, score, "+inf") - 1
             offset = rank + 1
         elif end_ms is not None:
             offset = await self.redis.zcount(index, f"({end_ms}", "+inf")
@@ -326,9 +319,7 @@ class TaskStore:
                 await self.redis.zrevrange(index, offset, offset, withscores=True),
             )
             more = bool(nxt) and nxt[0][1] >= lo
-        if not more or last is None:
-            return items, None
-        return items, encode_cursor([last[0], last[1]], filters)
+        return items, last if more else None
 
     async def counts_since(self, since_ms: int) -> dict[str, int]:
         """Tasks created since ``since_ms``, by their current status."""
