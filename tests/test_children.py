@@ -1,7 +1,8 @@
 """No process of ours outlives the one that started it, SIGKILL included.
 
-The lifeline (``ezdash.lifeline``) ends an orphan, and the workers of any
-``AnalyticsPool`` (with their resource tracker) end with the pool's owner.
+The lifeline (``ezdash.lifeline``) ends an orphan, the workers of any ``AnalyticsPool``
+(with their resource tracker) end with the pool's owner, and a child forked for a
+short-lived thread is not killed when that thread ends.
 
 Processes are found through /proc and told apart from a later process with the same
 pid by their start time; an exited child that nobody reaped (a zombie) counts as gone.
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import pytest
+
+from ezdash.redis_server import popen_tied
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 
@@ -221,3 +225,25 @@ def test_pool_workers_and_their_tracker_end_with_the_pools_owner(
     assert sorted(p.kind for p in tree) == ["tracker", "worker"], tree
     owner.kill()
     wait_gone(tree, 10, "the worker and the tracker to end")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_tied_child_outlives_the_thread_that_started_it() -> None:
+    """PR_SET_PDEATHSIG fires when the forking *thread* exits: ``popen_tied`` forks on a
+    thread that lives as long as the process, as the embedded Redis needs when serve
+    starts it through ``asyncio.to_thread``."""
+    started: list[subprocess.Popen[bytes]] = []
+    echo = "import sys; sys.stdout.write(sys.stdin.readline())"
+
+    def start() -> None:
+        args = [sys.executable, "-c", echo]
+        started.append(popen_tied(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    task = Path(f"/proc/self/task/{thread.native_id}")
+    wait_until(lambda: not task.exists(), 5, "the thread to be gone")  # its death signals sent
+    child = started[0]
+    out, _ = child.communicate(b"still here\n", timeout=30)
+    assert (out, child.returncode) == (b"still here\n", 0)
