@@ -1,8 +1,10 @@
 """No process of ours outlives the one that started it, SIGKILL included.
 
-The lifeline (``ezdash.lifeline``) ends an orphan, the workers of any ``AnalyticsPool``
-(with their resource tracker) end with the pool's owner, and a child forked for a
-short-lived thread is not killed when that thread ends.
+End to end: every descendant of a real ``ezdash serve`` (analytics workers and their
+resource tracker, the demo fleet, the analyst page, the embedded redis-server) is gone
+within seconds of serve being SIGKILLed.  Unit level: the lifeline (``ezdash.lifeline``)
+ends an orphan, the workers of any ``AnalyticsPool`` end with the pool's owner, and a
+child forked for a short-lived thread is not killed when that thread ends.
 
 Processes are found through /proc and told apart from a later process with the same
 pid by their start time; an exited child that nobody reaped (a zombie) counts as gone.
@@ -17,6 +19,8 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import IO, TypeVar
 
 import pytest
 
-from ezdash.redis_server import popen_tied
+from ezdash.redis_server import free_port, popen_tied
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 
@@ -247,3 +251,67 @@ def test_a_tied_child_outlives_the_thread_that_started_it() -> None:
     child = started[0]
     out, _ = child.communicate(b"still here\n", timeout=30)
     assert (out, child.returncode) == (b"still here\n", 0)
+
+
+# -- ezdash serve, end to end -------------------------------------------------------
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_every_child_of_serve_ends_when_serve_is_killed(tmp_path: Path) -> None:
+    """Killed once everything is up: the pool warmed up, both pages answering."""
+    port, analyst_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EZ_") and k != "REDIS_URL"}
+    env.update(
+        {
+            "EZ_DATA_DIR": str(tmp_path / "data"),  # no REDIS_URL: the embedded Redis
+            "EZ_PORT": str(port),
+            "EZ_ANALYST": "true",
+            "EZ_ANALYST_PORT": str(analyst_port),
+            "EZ_DEMO_AGENTS": "2",
+            "EZ_BACKFILL_DAYS": "0",
+            "EZ_ANALYTICS_WORKERS": "1",
+        }
+    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "ezdash.cli", "serve"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    tree: list[Proc] = []
+
+    def up() -> bool:
+        nonlocal tree
+        assert serve.poll() is None, log.read_text()[-3000:]
+        tree = descendants(serve.pid)
+        kinds = {p.kind for p in tree}
+        return (
+            kinds >= {"redis", "demo", "analyst", "tracker", "worker"}  # warmed up at start
+            and answers(f"http://127.0.0.1:{port}/api/health")
+            and answers(f"http://127.0.0.1:{analyst_port}/login")
+        )
+
+    try:
+        wait_until(up, 120, "serve, its children and both pages")
+        tree = descendants(serve.pid)
+        serve.kill()
+        serve.wait()
+        wait_gone(tree, 10, "every descendant of the killed serve to end")
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        kill_left(tree)
