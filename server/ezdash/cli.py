@@ -22,6 +22,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
+def _child(p: argparse.ArgumentParser) -> None:
+    # Given by `ezdash serve` to the processes it starts: end when that pid is gone.
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ezdash", description="EzAugent Dashboard")
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,12 +63,14 @@ def parser() -> argparse.ArgumentParser:
         "--port", dest="analyst_port", type=int, help="port (env EZ_ANALYST_PORT, default 8889)"
     )
     a.add_argument("--data-dir", help="embedded Redis and secrets (env EZ_DATA_DIR)")
+    _child(a)
 
     d = sub.add_parser("demo", help="run a fleet of simulated agents against a Redis")
     _common(d)
     d.add_argument("--agents", type=int, default=None, help="how many (default EZ_DEMO_AGENTS)")
     d.add_argument("--speed", type=float, default=1.0, help="time compression of LLM latency")
     d.add_argument("--no-producer", action="store_true", help="do not create demo tasks")
+    _child(d)
     return p
 
 
@@ -87,6 +94,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "parent_pid", None) is not None:
+        from .lifeline import ORPHAN_GRACE_S, watch_parent
+
+        watch_parent(args.parent_pid, grace=ORPHAN_GRACE_S)
     try:
         settings = settings_from(args)
     except ValidationError as e:

@@ -11,14 +11,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 import redis
+
+T = TypeVar("T")
 
 
 class RedisStartError(RuntimeError):
@@ -47,9 +54,56 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGTERM the child when the parent dies, so no Redis is orphaned."""
+    """Linux: SIGTERM the child when the parent dies, so no Redis is orphaned.
+
+    The kernel sends it when the *thread* that forked the child exits, not the whole
+    process: fork through ``popen_tied`` unless the calling thread lives as long as the
+    child should.  SIGTERM, not SIGKILL, so Redis fsyncs its AOF before it exits.
+    """
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Forker:
+    """One daemon thread that runs the forks given to it; it lives until the process exits."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="ezdash-forker", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job, done = self._jobs.get()
+            try:
+                done.set_result(job())
+            except BaseException as e:
+                done.set_exception(e)
+
+    def call(self, job: Callable[[], T]) -> T:
+        done: Future[T] = Future()
+        self._jobs.put((job, done))
+        return done.result()
+
+
+_forker: _Forker | None = None
+_forker_lock = threading.Lock()
+
+
+def popen_tied(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` of a child that gets SIGTERM when this process dies (Linux).
+
+    The fork runs on a thread of its own that lives as long as the process, so the
+    child outlives whichever thread asked for it: PR_SET_PDEATHSIG (``die_with_parent``)
+    fires when the forking thread ends, and ``ezdash serve`` starts the embedded Redis
+    through ``asyncio.to_thread``, on a pool thread nothing promises to keep.
+    """
+    global _forker
+    with _forker_lock:
+        if _forker is None or not _forker.thread.is_alive():  # not alive: a forked copy of us
+            _forker = _Forker()
+        forker = _forker
+    return forker.call(lambda: subprocess.Popen(args, preexec_fn=die_with_parent, **kwargs))
 
 
 class RedisServer:
@@ -104,12 +158,11 @@ class RedisServer:
                 "--protected-mode",
                 "yes",
             ]
-            self.proc = subprocess.Popen(
+            self.proc = popen_tied(  # dies with us, however we end
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
                 start_new_session=True,  # Ctrl-C reaches us, not Redis: we stop it last
             )
             self.port = port

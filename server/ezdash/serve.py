@@ -4,6 +4,11 @@ Shutdown order matters for "nothing lost": first readiness turns 503 and the
 listener closes, then the demo fleet stops gracefully (its agents report the
 tasks they hold), then our Redis clients close, and last the embedded Redis
 gets SIGTERM, which makes it fsync its AOF before exiting.
+
+When this process is killed outright (SIGKILL, the OOM killer), every child still ends
+within a few seconds: the embedded Redis gets SIGTERM from the kernel
+(``redis_server.popen_tied``), and the demo fleet, the analyst page and the analytics
+workers each watch their parent (``ezdash.lifeline``).
 """
 
 from __future__ import annotations
@@ -75,6 +80,28 @@ async def first_run_history(services: Services, redis_url: str) -> None:
     )
 
 
+async def start_child(args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``ezdash ARGS`` as a child that ends when this process does, however it ends.
+
+    Its own session, so Ctrl-C in the terminal reaches only us and we stop it first (see
+    the shutdown order above).  For a SIGKILL of ours, PR_SET_PDEATHSIG gives it SIGTERM
+    at once on Linux (this event loop's thread forks it and lives as long as we serve),
+    and ``--parent-pid`` starts its lifeline (``ezdash.lifeline``) anywhere.
+    """
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ezdash.cli",
+        *args,
+        "--parent-pid",
+        str(os.getpid()),
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -115,39 +142,18 @@ async def serve(
                 asyncio.create_task(first_run_history(services, url), name="first-run-history")
             )
         if settings.demo_agents > 0:
-            env = {**os.environ, "REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
-            demo = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "ezdash.cli",
-                "demo",
-                "--agents",
-                str(settings.demo_agents),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+            env = {"REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
+            demo = await start_child(["demo", "--agents", str(settings.demo_agents)], env)
         if settings.analyst:
             # Its own process: charts and sessions never share this event loop.
             env = {
-                **os.environ,
                 "REDIS_URL": url,
                 "EZ_REDIS_PREFIX": settings.redis_prefix,
                 "EZ_DATA_DIR": str(settings.data_dir),  # the same secrets.json
                 "EZ_ANALYST_PORT": str(settings.analyst_port),
                 "EZ_HOST": settings.host,
             }
-            analyst = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "ezdash.cli",
-                "analyst",
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+            analyst = await start_child(["analyst"], env)
         base = f"http://{settings.host}:{port}"
         print(f"EzAugent Dashboard API on {base}/api  (health: {base}/api/health)", flush=True)
         if new_key:

@@ -37,6 +37,7 @@ class AnalyticsPool:
                 max_workers=self.workers,
                 mp_context=mp.get_context("spawn"),
                 initializer=init_worker,
+                initargs=(os.getpid(),),  # workers end with the process that owns them
             )
         return self._executor
 
