@@ -309,6 +309,34 @@ async def test_stream_sends_keepalive_comments(api: Api, stream_clients: list[SS
     assert c.events == []
 
 
+@pytest.mark.parametrize("settings_overrides", [{"log_keepalive": 1.0}])
+async def test_a_filtered_stream_gets_keepalives_while_entries_it_drops_keep_coming(
+    api: Api, stream_clients: list[SSE]
+) -> None:
+    # Another agent logs ten times a keep-alive interval: none of it matches, so
+    # the wire is silent, and the comments must still come on time.
+    c = await open_stream(api, stream_clients, "?agent=quiet")
+    stop = asyncio.Event()
+
+    async def chatter() -> int:
+        n = 0
+        while not stop.is_set():
+            await ingest(api, [entry(n, agent_id="loud")])
+            n += 1
+            await asyncio.sleep(0.1)
+        return n
+
+    talking = asyncio.create_task(chatter())
+    try:
+        for count in (1, 2, 3):  # each within the interval, with slack for a busy machine
+            await c.until(lambda count=count: c.comments.count("keepalive") >= count, 2.5)
+    finally:
+        stop.set()
+        sent = await talking
+    assert c.events == []
+    assert sent >= 10  # entries kept arriving all along
+
+
 async def test_stream_takes_a_jwt_in_the_query_and_refuses_bad_resume_points(
     api: Api, stream_clients: list[SSE]
 ) -> None:

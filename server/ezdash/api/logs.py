@@ -208,15 +208,24 @@ class StreamHandler(LogsHandler):
                 self.finish()
 
     async def _live(self, queue: Any, flt: LogFilter, last: str) -> None:
+        """Live entries. The keep-alive deadline runs from the last bytes flushed, not
+        from the last entry read: entries the filter drops are silence on the wire."""
         keepalive = self.services.settings.log_keepalive
+        clock = asyncio.get_running_loop().time
         floor = stream_id(last)
+        pending = False  # events written since the last flush
+        due = clock() + keepalive
         while not self._closed and not self.services.draining:
-            try:
-                item = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:
-                self.write(b": keepalive\n\n")
+            if (pending and queue.empty()) or clock() >= due:
+                if not pending:
+                    self.write(b": keepalive\n\n")
                 if not await self._flush():
                     return
+                pending = False
+                due = clock() + keepalive
+            try:
+                item = await asyncio.wait_for(queue.get(), max(0.0, due - clock()))
+            except TimeoutError:
                 continue
             if item is None:
                 return  # fell too far behind: the client resumes with Last-Event-ID
@@ -226,8 +235,7 @@ class StreamHandler(LogsHandler):
             floor = stream_id(entry_id)
             if flt.match(doc):
                 self._event(entry_id, doc)
-            if queue.empty() and not await self._flush():
-                return
+                pending = True
 
     def _event(self, entry_id: str, doc: Doc) -> None:
         self.write(
