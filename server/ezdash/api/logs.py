@@ -36,6 +36,10 @@ from .errors import Problem, invalid
 DAY = 86_400_000
 FILTER_PARAMS = ("agent", "task", "level", "q")
 CSV_COLUMNS = ("id", "ts", "level", "agent_id", "task_id", "message", "fields")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+"""A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV
+injection): such a cell is written with a leading single quote, unless the client
+asks ``escape_formulas=false``."""
 
 
 class LogsHandler(APIHandler):
@@ -105,8 +109,11 @@ class ExportHandler(LogsHandler):
     (compressed here, in stream, since the generic transform skips these types)."""
 
     async def get(self) -> None:
-        self.check_query({*FILTER_PARAMS, "from", "to", "format"})
+        self.check_query({*FILTER_PARAMS, "from", "to", "format", "escape_formulas"})
         fmt = self.q_str("format", choices=("ndjson", "csv")) or "ndjson"
+        escape = self.get_query_argument("escape_formulas", None) is None or self.q_bool(
+            "escape_formulas"
+        )
         flt = self.log_filter()
         start, end = await self.time_range()
         await self.settle()  # nothing may be sent before the credential check passed
@@ -134,7 +141,7 @@ class ExportHandler(LogsHandler):
             if fmt == "ndjson":
                 data = b"".join(orjson.dumps(public(i, d)) + b"\n" for i, d in chunk)
             else:
-                data = _csv_rows(_csv_record(i, d) for i, d in chunk)
+                data = _csv_rows(_csv_record(i, d, escape) for i, d in chunk)
             self._emit(packer, data)
             try:
                 await self.flush()
@@ -149,9 +156,9 @@ class ExportHandler(LogsHandler):
         self.write(packer.compress(data) if packer is not None else data)
 
 
-def _csv_record(entry_id: str, doc: Doc) -> tuple[Any, ...]:
+def _csv_record(entry_id: str, doc: Doc, escape: bool) -> tuple[str, ...]:
     p = public(entry_id, doc)
-    return (
+    cells = (
         p["id"],
         p["ts"],
         p["level"],
@@ -160,11 +167,17 @@ def _csv_record(entry_id: str, doc: Doc) -> tuple[Any, ...]:
         p["message"],
         orjson.dumps(p["fields"]).decode(),
     )
+    if not escape:
+        return cells
+    # every cell: most come from whoever sent the entry, and the rest cost nothing
+    return tuple("'" + c if c.startswith(FORMULA_START) else c for c in cells)
 
 
 def _csv_rows(rows: Any) -> bytes:
+    """RFC 4180 rows, ending CRLF: the writer quotes a cell holding any character of
+    the line end, so a bare carriage return cannot start a row of its own."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
     return out.getvalue().encode()
 
 
