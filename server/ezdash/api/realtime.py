@@ -332,10 +332,11 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
         if stream is None:
             raise WebSocketClosedError()
         written = stream.write(data)
-        # asyncio.wait, not wait_for: the write stays queued, its future not cancelled
-        await asyncio.wait((written,), timeout=SEND_DEADLINE_S)
-        if not written.done():
-            raise Stalled()
+        if not written.done():  # the socket did not take it all at once
+            # asyncio.wait, not wait_for: the write stays queued, its future not cancelled
+            await asyncio.wait((written,), timeout=SEND_DEADLINE_S)
+            if not written.done():
+                raise Stalled()
         written.result()
 
     def _stalled(self, client: Client, during: str) -> None:
