@@ -275,6 +275,44 @@ async def test_export_streams_every_match_oldest_first(api: Api) -> None:
     assert resp.code == 422 and orjson.loads(body)["errors"][0]["field"] == "format"
 
 
+FORMULAS = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "\rx", '=a,b;"c"']
+
+
+async def test_csv_export_neutralises_formulas_unless_asked_not_to(api: Api) -> None:
+    entries = [entry(i, message=m) for i, m in enumerate(FORMULAS)]
+    entries += [
+        entry(90, message="a normal message, 2 + 2 = 4", agent_id="=cmd|' /C calc'!A0"),
+        entry(91, message="task and fields", task_id="@t", fields={"=k": "-v"}),
+        entry(92, message='one cell\r=HYPERLINK("http://x")'),  # no row of its own
+    ]
+    await ingest(api, entries)
+
+    async def table(query: str) -> list[dict[str, str]]:
+        resp, body, _ = await _export(api, "?format=csv" + query)
+        assert resp.code == 200, body
+        return list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+
+    safe = await table("")
+    assert [r["message"] for r in safe] == ["'" + m for m in FORMULAS] + [
+        "a normal message, 2 + 2 = 4",
+        "task and fields",
+        'one cell\r=HYPERLINK("http://x")',
+    ]
+    assert safe[-3]["agent_id"] == "'=cmd|' /C calc'!A0"
+    assert safe[-2]["task_id"] == "'@t" and orjson.loads(safe[-2]["fields"]) == {"=k": "-v"}
+    assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for r in safe for c in r.values())
+
+    verbatim = await table("&escape_formulas=false")
+    assert [r["message"] for r in verbatim] == [e["message"] for e in entries]
+    assert verbatim[-3]["agent_id"] == "=cmd|' /C calc'!A0" and verbatim[-2]["task_id"] == "@t"
+    assert [r["id"] for r in verbatim] == [r["id"] for r in safe]
+
+    resp, body, _ = await _export(api, "?format=ndjson")  # JSON has no formulas: as sent
+    assert [orjson.loads(line)["message"] for line in body.splitlines()][:3] == FORMULAS[:3]
+    resp, body, _ = await _export(api, "?format=csv&escape_formulas=maybe")
+    assert resp.code == 422 and orjson.loads(body)["errors"][0]["field"] == "escape_formulas"
+
+
 # -- the SSE stream -------------------------------------------------------------------
 
 
@@ -307,6 +345,34 @@ async def test_stream_sends_keepalive_comments(api: Api, stream_clients: list[SS
     c = await open_stream(api, stream_clients)
     await c.until(lambda: c.comments.count("keepalive") >= 2, timeout=5)
     assert c.events == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"log_keepalive": 1.0}])
+async def test_a_filtered_stream_gets_keepalives_while_entries_it_drops_keep_coming(
+    api: Api, stream_clients: list[SSE]
+) -> None:
+    # Another agent logs ten times a keep-alive interval: none of it matches, so
+    # the wire is silent, and the comments must still come on time.
+    c = await open_stream(api, stream_clients, "?agent=quiet")
+    stop = asyncio.Event()
+
+    async def chatter() -> int:
+        n = 0
+        while not stop.is_set():
+            await ingest(api, [entry(n, agent_id="loud")])
+            n += 1
+            await asyncio.sleep(0.1)
+        return n
+
+    talking = asyncio.create_task(chatter())
+    try:
+        for count in (1, 2, 3):  # each within the interval, with slack for a busy machine
+            await c.until(lambda count=count: c.comments.count("keepalive") >= count, 2.5)
+    finally:
+        stop.set()
+        sent = await talking
+    assert c.events == []
+    assert sent >= 10  # entries kept arriving all along
 
 
 async def test_stream_takes_a_jwt_in_the_query_and_refuses_bad_resume_points(

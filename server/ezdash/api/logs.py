@@ -36,6 +36,10 @@ from .listing import entry_id, list_page
 DAY = 86_400_000
 FILTER_PARAMS = ("agent", "task", "level", "q")
 CSV_COLUMNS = ("id", "ts", "level", "agent_id", "task_id", "message", "fields")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+"""A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV
+injection): such a cell is written with a leading single quote, unless the client
+asks ``escape_formulas=false``."""
 
 
 class LogsHandler(APIHandler):
@@ -91,8 +95,11 @@ class ExportHandler(LogsHandler):
     (compressed here, in stream, since the generic transform skips these types)."""
 
     async def get(self) -> None:
-        self.check_query({*FILTER_PARAMS, "from", "to", "format"})
+        self.check_query({*FILTER_PARAMS, "from", "to", "format", "escape_formulas"})
         fmt = self.q_str("format", choices=("ndjson", "csv")) or "ndjson"
+        escape = self.get_query_argument("escape_formulas", None) is None or self.q_bool(
+            "escape_formulas"
+        )
         flt = self.log_filter()
         start, end = self.time_range(await self.services.redis_now_ms())
         await self.settle()  # nothing may be sent before the credential check passed
@@ -120,7 +127,7 @@ class ExportHandler(LogsHandler):
             if fmt == "ndjson":
                 data = b"".join(orjson.dumps(public(i, d)) + b"\n" for i, d in chunk)
             else:
-                data = _csv_rows(_csv_record(i, d) for i, d in chunk)
+                data = _csv_rows(_csv_record(i, d, escape) for i, d in chunk)
             self._emit(packer, data)
             try:
                 await self.flush()
@@ -135,9 +142,9 @@ class ExportHandler(LogsHandler):
         self.write(packer.compress(data) if packer is not None else data)
 
 
-def _csv_record(entry_id: str, doc: Doc) -> tuple[Any, ...]:
+def _csv_record(entry_id: str, doc: Doc, escape: bool) -> tuple[str, ...]:
     p = public(entry_id, doc)
-    return (
+    cells = (
         p["id"],
         p["ts"],
         p["level"],
@@ -146,11 +153,17 @@ def _csv_record(entry_id: str, doc: Doc) -> tuple[Any, ...]:
         p["message"],
         orjson.dumps(p["fields"]).decode(),
     )
+    if not escape:
+        return cells
+    # every cell: most come from whoever sent the entry, and the rest cost nothing
+    return tuple("'" + c if c.startswith(FORMULA_START) else c for c in cells)
 
 
 def _csv_rows(rows: Any) -> bytes:
+    """RFC 4180 rows, ending CRLF: the writer quotes a cell holding any character of
+    the line end, so a bare carriage return cannot start a row of its own."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
     return out.getvalue().encode()
 
 
@@ -194,15 +207,24 @@ class StreamHandler(LogsHandler):
                 self.finish()
 
     async def _live(self, queue: Any, flt: LogFilter, last: str) -> None:
+        """Live entries. The keep-alive deadline runs from the last bytes flushed, not
+        from the last entry read: entries the filter drops are silence on the wire."""
         keepalive = self.services.settings.log_keepalive
+        clock = asyncio.get_running_loop().time
         floor = stream_id(last)
+        pending = False  # events written since the last flush
+        due = clock() + keepalive
         while not self._closed and not self.services.draining:
-            try:
-                item = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:
-                self.write(b": keepalive\n\n")
+            if (pending and queue.empty()) or clock() >= due:
+                if not pending:
+                    self.write(b": keepalive\n\n")
                 if not await self._flush():
                     return
+                pending = False
+                due = clock() + keepalive
+            try:
+                item = await asyncio.wait_for(queue.get(), max(0.0, due - clock()))
+            except TimeoutError:
                 continue
             if item is None:
                 return  # fell too far behind: the client resumes with Last-Event-ID
@@ -212,8 +234,7 @@ class StreamHandler(LogsHandler):
             floor = stream_id(entry_id)
             if flt.match(doc):
                 self._event(entry_id, doc)
-            if queue.empty() and not await self._flush():
-                return
+                pending = True
 
     def _event(self, entry_id: str, doc: Doc) -> None:
         self.write(

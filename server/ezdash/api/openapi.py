@@ -346,6 +346,11 @@ def openapi_document() -> dict[str, Any]:
                     _q("from", "Default now-24h"),
                     _q("to", "Default now"),
                     _q("format", "ndjson (default) or csv", {"enum": ["ndjson", "csv"]}),
+                    _q(
+                        "escape_formulas",
+                        "CSV: a ' before cells a spreadsheet would run as formulas (default true)",
+                        {"type": "boolean", "default": True},
+                    ),
                 ],
             )
         },

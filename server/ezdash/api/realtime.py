@@ -4,10 +4,12 @@ One hub per instance reads the events stream and the log stream (one blocking
 read each, see ``ezdash.store.tail``) and turns every entry into one WebSocket
 frame, built once and written as the same bytes to every subscriber: encoding and
 framing are paid per event, not per client. Each client has a bounded queue and a
-writer that awaits its socket; a client that falls ``EZ_WS_QUEUE`` frames behind
-gets ``resync`` and is closed with 1013, so a slow reader costs bounded memory. A
-client resumes with ``since`` (the last id it saw): what it missed is read back
-from Redis in order, and live frames at or below that point are skipped.
+writer that awaits its socket, for at most ``SEND_DEADLINE_S`` a frame. A client
+that falls ``EZ_WS_QUEUE`` frames behind, or whose socket takes no frame for that
+long, gets ``resync`` and is closed with 1013, so a slow reader costs bounded memory
+and a stalled one is let go in bounded time. A client resumes with ``since`` (the
+last id it saw): what it missed is read back from Redis in order, and live frames
+at or below that point are skipped.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ HUB_QUEUE = 100_000
 CATCH_UP_CHUNK = 500
 MAX_CATCH_UP = 100_000
 """Entries one resume may replay; further back, the client is told to resync."""
+SEND_DEADLINE_S = 5.0
+"""How long one frame may wait for the client's socket to take it. Longer, the
+client has stopped reading (its socket buffers are full): it is told to resync."""
 
 Item = tuple[str | None, tuple[int, int], bytes]
 """(stream, id, frame): stream is "events", "logs" or None for unordered messages."""
@@ -62,6 +67,13 @@ def frame(message: dict[str, Any]) -> bytes:
     else:
         head = struct.pack("!BBQ", 0x81, 127, n)
     return head + payload
+
+
+RESYNC = frame({"type": "resync", "id": None, "ts": None, "data": {}})
+
+
+class Stalled(Exception):
+    """The client's socket took no frame for ``SEND_DEADLINE_S``."""
 
 
 def _ts(entry_id: str) -> str:
@@ -137,6 +149,8 @@ class Client:
 
     def drop(self, why: str) -> None:
         """Too slow: say resync and close, instead of buffering without bound."""
+        if self.dropped:
+            return  # the writer has its sign-off already
         self.dropped = True
         log.info("websocket client %s told to resync: %s", self.handler.client_ip, why)
         with contextlib.suppress(asyncio.QueueEmpty):
@@ -295,8 +309,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
             while True:
                 item = await client.queue.get()
                 if item is None:
-                    await self._send(frame({"type": "resync", "id": None, "ts": None, "data": {}}))
-                    self.close(1013, "too slow: resubscribe with since")
+                    self._resync()
                     return
                 source, position, data = item
                 async with client.lock:
@@ -305,17 +318,46 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
                     if source is not None:
                         client.floor[source] = position
                     await self._send(data)
+        except Stalled:
+            self._stalled(client, "")
         except (StreamClosedError, WebSocketClosedError):
             return
 
     async def _send(self, data: bytes) -> None:
+        """Write a frame and wait until the socket took it, at most ``SEND_DEADLINE_S``."""
         conn = self.ws_connection
         if conn is None or conn.is_closing():
             raise WebSocketClosedError()
         stream = getattr(conn, "stream", None)
         if stream is None:
             raise WebSocketClosedError()
-        await stream.write(data)
+        written = stream.write(data)
+        if not written.done():  # the socket did not take it all at once
+            # asyncio.wait, not wait_for: the write stays queued, its future not cancelled
+            await asyncio.wait((written,), timeout=SEND_DEADLINE_S)
+            if not written.done():
+                raise Stalled()
+        written.result()
+
+    def _stalled(self, client: Client, during: str) -> None:
+        client.drop(f"its socket took no frame for {SEND_DEADLINE_S:g} s{during}")
+        self._resync()
+
+    def _resync(self) -> None:
+        """Say ``resync`` and close with 1013, without waiting for the socket.
+
+        The IOStream appends both frames after the bytes it has not sent yet, so a
+        client that reads again reads every frame whole, then these two. One that
+        does not is cut off when Tornado's close handshake times out (5 s): the
+        writer never waits on it, and what stays buffered is one frame and these."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return
+        stream = getattr(conn, "stream", None)
+        if stream is not None:
+            with contextlib.suppress(StreamClosedError):
+                stream.write(RESYNC)  # not awaited: the close below comes right after it
+        self.close(1013, "too slow: resubscribe with since")
 
     def on_close(self) -> None:
         client = self.client
@@ -357,7 +399,12 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
             )
         client.topics.update(topics)
         if positions:
-            await self._catch_up(client, set(topics), positions)
+            try:
+                await self._catch_up(client, set(topics), positions)
+            except Stalled:
+                self._stalled(client, " of a resume")
+            except (StreamClosedError, WebSocketClosedError):
+                pass
         return None
 
     async def _positions(self, since: Any) -> dict[str, str] | None:
@@ -386,7 +433,8 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
         return {"events": point, "logs": point}
 
     async def _catch_up(self, client: Client, topics: set[str], positions: dict[str, str]) -> None:
-        """Replay what the client missed, holding its writer so order is kept."""
+        """Replay what the client missed, holding its writer so order is kept. Each
+        frame has the same deadline as live ones (``_send`` raises ``Stalled``)."""
         svc = self.services
         async with client.lock:
             sent = 0
