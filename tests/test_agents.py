@@ -215,7 +215,7 @@ async def test_command_expires_when_not_acknowledged(api: Api, fleet: Fleet) -> 
         ("DELETE", "/api/agents/ghost?force=perhaps", 422, "force"),
         ("GET", "/api/control/commands/cmd_nothing", 404, None),
         ("GET", "/api/control/commands?status=done", 422, "status"),
-        ("GET", "/api/control/commands?agent=bad%20id", 404, None),
+        ("GET", "/api/control/commands?agent=bad%20id", 422, "agent"),
         ("PUT", "/api/agents/ghost", 405, None),
     ],
 )

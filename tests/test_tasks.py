@@ -273,7 +273,6 @@ async def test_size_limits(api: Api) -> None:
         ("GET", "/api/tasks?cursor=garbage", 400, "cursor"),
         ("GET", "/api/tasks?from=yesterday", 422, "from"),
         ("GET", "/api/tasks?from=2026-11-28T10:00:00", 422, "from"),
-        ("GET", "/api/tasks?from=now&to=now-1h", 422, "to"),
         ("GET", "/api/tasks?stauts=queued", 400, "stauts"),
         ("GET", "/api/tasks?queue=a&queue=b", 400, "queue"),
         ("GET", "/api/tasks?queue=bad%20name", 422, "queue"),
@@ -292,3 +291,11 @@ async def test_bad_requests(
     assert r.json["status"] == status
     if field:
         assert r.json["errors"][0]["field"] == field
+
+
+async def test_a_to_before_from_selects_nothing(api: Api) -> None:
+    """A schema-valid range that is empty is an empty list, not an error."""
+    assert (await api.post("/api/tasks", json={"type": "t", "payload": {}})).status == 201
+    r = await api.get("/api/tasks?from=now&to=now-1h")
+    assert r.status == 200 and r.json == {"items": [], "next_cursor": None}
+    assert len((await api.get("/api/tasks?from=now-1h")).json["items"]) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ids import AGENT_ID
 from ..keys import AGENT_STATUSES
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
@@ -13,23 +12,25 @@ from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
 from .base import APIHandler
 from .errors import Problem, conflict, invalid, not_found
 from .listing import list_page, text
+from .params import AGENT_PATH, DRY_RUN, IDEMPOTENCY_KEY, PAGE, Boolean, Choice, Text
 from .services import Services
-
-
-def check_agent_id(agent_id: str) -> str:
-    if not AGENT_ID.match(agent_id):
-        raise invalid("id", "agent ids are 1-128 characters of A-Z a-z 0-9 . _ : -", 404)
-    return agent_id
 
 
 class AgentsHandler(APIHandler):
     scopes = {"GET": "read"}
+    query = {
+        "GET": (
+            Choice("status", "Derived status", values=AGENT_STATUSES),
+            Text("kind", "Agent kind", max_len=128),
+            Text("q", "Substring of id or name", max_len=128),
+            *PAGE,
+        )
+    }
 
     async def get(self) -> None:
-        self.check_query({"status", "kind", "q", "limit", "cursor"})
-        status = self.q_str("status", choices=AGENT_STATUSES)
-        kind = self.q_str("kind", max_len=128)
-        q = self.q_str("q", max_len=128)
+        status = self.q_str("status")
+        kind = self.q_str("kind")
+        q = self.q_str("q")
         page = await list_page(self, text)
         items, last = await self.services.agents.page(
             status=status, kind=kind, q=q, limit=page.limit, after=page.after
@@ -40,11 +41,13 @@ class AgentsHandler(APIHandler):
 class AgentHandler(APIHandler):
     scopes = {"GET": "read", "DELETE": "control"}
     actions = {"DELETE": "agents.stop"}
+    path = (AGENT_PATH,)
+    query = {"DELETE": (Boolean("force", "Abandon the current task"), DRY_RUN)}
+    headers_in = {"DELETE": (IDEMPOTENCY_KEY,)}
 
     async def get(self, agent_id: str) -> None:
-        self.check_query(())
         svc = self.services
-        agent = await svc.agents.get(check_agent_id(agent_id))
+        agent = await svc.agents.get(agent_id)
         if agent is None:
             raise not_found("agent", agent_id)
         now = await svc.redis_now_ms()
@@ -55,19 +58,20 @@ class AgentHandler(APIHandler):
 
     async def delete(self, agent_id: str) -> None:
         """Stop: graceful by default (finish the current task), ``force=true`` requeues it."""
-        self.check_query({"force", "dry_run"})
-        await command(self, check_agent_id(agent_id), "stop", force=self.q_bool("force"))
+        await command(self, agent_id, "stop", force=self.q_bool("force"))
 
 
 class AgentRestartHandler(APIHandler):
     scopes = {"POST": "control"}
     actions = {"POST": "agents.restart"}
+    path = (AGENT_PATH,)
+    query = {"POST": (DRY_RUN,)}
+    headers_in = {"POST": (IDEMPOTENCY_KEY,)}
 
     async def post(self, agent_id: str) -> None:
-        self.check_query({"dry_run"})
         if self.request.body.strip() not in (b"", b"{}"):
             raise invalid("body", "restart takes no body", 400)
-        await command(self, check_agent_id(agent_id), "restart", force=False)
+        await command(self, agent_id, "restart", force=False)
 
 
 async def usage_stats(svc: Services, agent_id: str, now: int) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, p
 from ..timeutil import format_ms, parse_duration
 from .alerting import alerts_view
 from .errors import invalid
-from .metrics import FILTERS, MetricsHandler
+from .metrics import FILTER_PARAMS, GROUP_BY, METRICS_QUERY, MetricsHandler
+from .params import WHOLE_HOURS, WHOLE_SECONDS, Choice, Duration, Number, Percentages
 
 HOUR = 3_600_000
 DAY = 86_400_000
@@ -34,23 +35,34 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
     ]
 
 
+METRIC = Choice("metric", "A metric name", values=tuple(METRICS), required=True)
+
+
+def hours(name: str, description: str) -> Duration:
+    return Duration(
+        name, description, pattern=WHOLE_HOURS, hint="must be whole hours, e.g. 6h, 7d, 2w"
+    )
+
+
+WINDOW = hours("window", "Window in whole hours; default 7d")
+ANALYTICS_STEP = Duration(
+    "step",
+    "Bucket size in whole seconds; default 1h",
+    pattern=WHOLE_SECONDS,
+    hint="must be a whole number of seconds, e.g. 60s, 5m, 1h",
+)
+
+
 class AnalyticsHandler(MetricsHandler):
-    extra_params: tuple[str, ...] = ("metric",)
+    query = {"GET": (METRIC, *METRICS_QUERY)}
 
     def metric(self) -> str:
-        metric = self.q_str("metric", choices=METRICS)
-        if metric is None:
-            raise invalid("metric", f"required; one of {', '.join(METRICS)}")
+        metric: str = self.args["metric"]
         return metric
-
-    def filters(self) -> dict[str, str]:
-        return {f: v for f in FILTERS if (v := self.q_str(f, max_len=200)) is not None}
 
     def window(self, name: str, default: str) -> tuple[int, str]:
         seconds = self.q_duration(name, parse_duration(default))
         assert seconds is not None
-        if seconds < 3600 or seconds % 3600:
-            raise invalid(name, "must be whole hours, at least 1h")
         return int(seconds * 1000), fmt_step(int(seconds * 1000))
 
     def plan_for(
@@ -131,15 +143,13 @@ class HistoryHandler(AnalyticsHandler):
 
 
 class TrendsHandler(AnalyticsHandler):
-    extra_params = ("metric", "window")
+    query = {"GET": (METRIC, WINDOW, GROUP_BY, *FILTER_PARAMS)}
 
     async def get(self) -> None:
         started = time.perf_counter()
-        self.check_query({"metric", "window", "group_by", *FILTERS})
         metric = self.metric()
         window_ms, window = self.window("window", "7d")
-        group_by = self.q_str("group_by", choices=("none", "agent", "model", "kind", "queue"))
-        group_by = group_by or "none"
+        group_by = self.q_str("group_by") or "none"
         svc = self.services
         now = await svc.redis_now_ms()
         step = HOUR if window_ms <= 30 * DAY else DAY
@@ -180,9 +190,19 @@ class TrendsHandler(AnalyticsHandler):
 
 
 class ForecastHandler(AnalyticsHandler):
+    query = {
+        "GET": (
+            METRIC,
+            hours("horizon", "How far ahead, whole hours; default 7d"),
+            ANALYTICS_STEP,
+            Percentages("levels", "Interval levels, default 80,95"),
+            hours("history", "History fitted, whole hours; default 30d"),
+            *FILTER_PARAMS,
+        )
+    }
+
     async def get(self) -> None:
         started = time.perf_counter()
-        self.check_query({"metric", "horizon", "step", "levels", "history", *FILTERS})
         metric = self.metric()
         svc = self.services
         step = self.step_ms()
@@ -226,31 +246,28 @@ class ForecastHandler(AnalyticsHandler):
         )
 
     def levels(self) -> tuple[float, ...]:
-        raw = self.get_query_argument("levels", "80,95")
-        try:
-            levels = tuple(sorted({float(x) for x in raw.split(",") if x.strip()}))
-        except ValueError:
-            raise invalid("levels", "comma-separated percentages, e.g. 80,95") from None
-        if not levels or len(levels) > 4 or any(not 0 < lv < 100 for lv in levels):
-            raise invalid("levels", "one to four percentages between 0 and 100")
+        levels: tuple[float, ...] = self.args.get("levels", (80.0, 95.0))
         return levels
 
 
 class AnomaliesHandler(AnalyticsHandler):
+    query = {
+        "GET": (
+            METRIC,
+            WINDOW,
+            ANALYTICS_STEP,
+            Number("threshold", "Robust sigmas (2-20), default 4", lo=2, hi=20),
+            *FILTER_PARAMS,
+        )
+    }
+
     async def get(self) -> None:
         started = time.perf_counter()
-        self.check_query({"metric", "window", "step", "threshold", *FILTERS})
         metric = self.metric()
         svc = self.services
         window_ms, window = self.window("window", "7d")
         step = self.step_ms()
-        raw = self.get_query_argument("threshold", "4")
-        try:
-            threshold = float(raw)
-        except ValueError:
-            raise invalid("threshold", "must be a number") from None
-        if not 2 <= threshold <= 20:
-            raise invalid("threshold", "must be between 2 and 20 (robust sigmas)")
+        threshold = float(self.args.get("threshold", 4.0))
         series, p, end = await self.series(metric, step, window_ms, "window")
         key = (
             "anomalies",
@@ -278,17 +295,24 @@ class AnomaliesHandler(AnalyticsHandler):
 
 
 class PredictionsHandler(AnalyticsHandler):
+    query = {
+        "GET": (
+            Number(
+                "level",
+                "Interval level in percent, default 80",
+                lo=0,
+                hi=100,
+                exclusive_lo=True,
+                exclusive_hi=True,
+            ),
+            *FILTER_PARAMS,
+        )
+    }
+
     async def get(self) -> None:
         started = time.perf_counter()
-        self.check_query({"level", *FILTERS})
         svc = self.services
-        raw = self.get_query_argument("level", "80")
-        try:
-            level = float(raw)
-        except ValueError:
-            raise invalid("level", "must be a percentage") from None
-        if not 0 < level < 100:
-            raise invalid("level", "must be between 0 and 100")
+        level = float(self.args.get("level", 80.0))
         now = await svc.redis_now_ms()
         result = await predictions(self, now, level)
         result["queues"] = [
@@ -329,8 +353,9 @@ async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, 
 class SummaryHandler(AnalyticsHandler):
     """The front page in one call, cached for EZ_SUMMARY_CACHE seconds."""
 
+    query = {}
+
     async def get(self) -> None:
-        self.check_query(())
         svc = self.services
         now = await svc.redis_now_ms()
         key = ("summary",)  # fresh for EZ_SUMMARY_CACHE seconds, whoever asks

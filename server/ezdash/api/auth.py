@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import APIHandler
-from .errors import Problem, invalid, not_found
+from .errors import Problem, not_found
 from .listing import entry_id, list_page
 from .models import KeyCreate
+from .params import KEY_PATH, PAGE, Choice, Text, Time
 
 
 class TokenHandler(APIHandler):
@@ -15,7 +16,6 @@ class TokenHandler(APIHandler):
     actions = {"POST": "auth.token"}
 
     def post(self) -> None:
-        self.check_query(())
         if self.principal.kind != "key":
             raise Problem(
                 400, "send an API key (Bearer or X-API-Key) to get a token", type="api-key-required"
@@ -31,11 +31,9 @@ class KeysHandler(APIHandler):
     actions = {"POST": "auth.keys.create"}
 
     async def get(self) -> None:
-        self.check_query(())
         self.write_json({"items": await self.services.api_keys.all(), "next_cursor": None})
 
     async def post(self) -> None:
-        self.check_query(())
         body = self.json_body(KeyCreate)
         key, doc = await self.services.api_keys.create(
             body.name, [str(s) for s in body.scopes], created_by=self.principal.id
@@ -49,10 +47,10 @@ class KeysHandler(APIHandler):
 class KeyHandler(APIHandler):
     scopes = {"DELETE": "admin"}
     actions = {"DELETE": "auth.keys.revoke"}
+    path = (KEY_PATH,)
 
     async def delete(self, key_id: str) -> None:
-        self.check_query(())
-        doc = await self.services.api_keys.revoke(key_id) if len(key_id) <= 64 else None
+        doc = await self.services.api_keys.revoke(key_id)
         if doc is None:
             raise not_found("API key", key_id)
         self.write_json(doc)
@@ -60,17 +58,24 @@ class KeyHandler(APIHandler):
 
 class AuditHandler(APIHandler):
     scopes = {"GET": "admin"}
+    query = {
+        "GET": (
+            Text("principal", "Who (key:<id>, ext:<sub>, anonymous)"),
+            Text("action", "e.g. agents.restart, tasks.create"),
+            Choice("result", "ok, denied or failed", values=("ok", "denied", "failed")),
+            Time("from", "At or after"),
+            Time("to", "At or before (a to before from selects nothing)"),
+            *PAGE,
+        )
+    }
 
     async def get(self) -> None:
-        self.check_query({"principal", "action", "result", "from", "to", "limit", "cursor"})
         page = await list_page(self, entry_id, timed=True)
         start, end = self.q_time("from", page.now), self.q_time("to", page.now)
-        if start is not None and end is not None and end < start:
-            raise invalid("to", "must not be before from")
         items, last = await self.services.audit.page(
             principal=self.q_str("principal"),
             action=self.q_str("action"),
-            result=self.q_str("result", choices=("ok", "denied", "failed")),
+            result=self.q_str("result"),
             start_ms=start,
             end_ms=end,
             limit=page.limit,

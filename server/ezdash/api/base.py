@@ -24,7 +24,6 @@ import asyncio
 import hmac
 import logging
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,8 +38,9 @@ from ..security.ratelimit import Budget, budget_for
 from ..security.tokens import TokenError
 from ..store.availability import redis_unavailable
 from ..store.paging import CursorError
-from ..timeutil import parse_duration, parse_time
-from .errors import Problem, invalid, problem_for
+from ..timeutil import parse_time
+from .errors import Problem, invalid, not_found, problem_for
+from .params import ACCESS_TOKEN, IDEMPOTENCY_KEY, LIMIT, Header, Invalid, Param, PathId
 from .services import Services
 
 log = logging.getLogger("ezdash.api")
@@ -79,6 +79,12 @@ class APIHandler(RequestHandler):
 
     scopes: dict[str, str | None] = {}
     actions: dict[str, str] = {}
+    query: dict[str, tuple[Param, ...]] = {}
+    """Query parameters each method takes (see ``params``); anything else is 400."""
+    path: tuple[PathId, ...] = ()
+    """What each captured path segment of the route must look like (else 404)."""
+    headers_in: dict[str, tuple[Header, ...]] = {}
+    """Request headers each method reads (Idempotency-Key, Last-Event-ID)."""
     query_token = False
     principal: Principal
     audit_target = ""
@@ -105,6 +111,7 @@ class APIHandler(RequestHandler):
         self._auth: asyncio.Future[Principal] | None = None
         self._finishing: asyncio.Future[None] | None = None
         self._received = 0
+        self.args: dict[str, Any] = {}
 
     def _plausible(self) -> bool:
         """Speculate only for credentials that cannot be made up: a JWT whose signature
@@ -167,9 +174,10 @@ class APIHandler(RequestHandler):
             # Reads run while the credential is checked (one Redis round trip saved);
             # nothing is sent until the check passed: see flush() and finish().
             self._auth = asyncio.ensure_future(self.authenticate(required))
-            return
-        self.principal = await self.authenticate(required)
-        self._check_scope(required)
+        else:
+            self.principal = await self.authenticate(required)
+            self._check_scope(required)
+        self.args = self.read_args()
 
     def allowed_methods(self) -> str:
         return ", ".join(sorted({*self.scopes, "OPTIONS"}))
@@ -495,81 +503,66 @@ class APIHandler(RequestHandler):
                 errors=errors,
             ) from e
 
-    def check_query(self, allowed: Iterable[str]) -> None:
-        """Refuse unknown query parameters: a typo must not silently widen a filter."""
-        known = set(allowed)
-        for name in self.request.query_arguments:
-            if name not in known:
-                raise invalid(
-                    name, f"unknown query parameter; known: {', '.join(sorted(known))}", 400
-                )
+    def read_args(self) -> dict[str, Any]:
+        """Check the query string and the path against what this method declares
+        (``query``, ``path``): unknown or repeated parameters are 400, a bad value 422
+        naming it (a typo must not silently widen a filter), a malformed id 404."""
+        method = self.request.method or "GET"
+        declared = {p.name: p for p in self.query.get(method, ())}
+        if self.query_token:
+            declared.setdefault(ACCESS_TOKEN.name, ACCESS_TOKEN)
+        args: dict[str, Any] = {}
         for name, values in self.request.query_arguments.items():
+            param = declared.get(name)
+            if param is None:
+                known = ", ".join(sorted(declared)) or "none"
+                raise invalid(name, f"unknown query parameter; known: {known}", 400)
             if len(values) > 1:
                 raise invalid(name, "given more than once", 400)
+            try:
+                raw = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid(name, "is not UTF-8", 400) from None
+            try:
+                args[name] = param.parse(raw)
+            except Invalid as e:
+                raise invalid(name, str(e), param.status) from None
+        for param in self.query.get(method, ()):
+            if param.required and param.name not in args:
+                raise invalid(param.name, "is required")
+        for header in self.headers_in.get(method, ()):
+            value = self.request.headers.get(header.name)
+            if value is not None:
+                try:
+                    args[header.name] = header.parse(value)
+                except Invalid as e:
+                    raise invalid(header.name, str(e), header.status) from None
+        for segment, raw in zip(self.path, getattr(self, "path_args", ()), strict=False):
+            if not segment.matches(raw):
+                raise not_found(segment.what, raw)
+        return args
 
-    def q_str(
-        self, name: str, *, max_len: int = 256, choices: Iterable[str] | None = None
-    ) -> str | None:
-        value = self.get_query_argument(name, None)
-        if value is None:
-            return None
-        if not value or len(value) > max_len:
-            raise invalid(name, f"must be 1 to {max_len} characters")
-        if choices is not None:
-            options = tuple(choices)
-            if value not in options:
-                raise invalid(name, f"must be one of {', '.join(options)}")
+    def q_str(self, name: str) -> str | None:
+        value: str | None = self.args.get(name)
         return value
 
-    def q_int(self, name: str, default: int, *, lo: int, hi: int) -> int:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise invalid(name, "must be an integer") from None
-        if not lo <= value <= hi:
-            raise invalid(name, f"must be between {lo} and {hi}")
+    def q_int(self, name: str, default: int) -> int:
+        value: int = self.args.get(name, default)
         return value
 
     def q_bool(self, name: str) -> bool:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return False
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise invalid(name, "must be true or false")
+        return bool(self.args.get(name, False))
 
     def q_time(self, name: str, now_ms: int) -> int | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return None
-        try:
-            return parse_time(raw, now=now_ms)
-        except ValueError as e:
-            raise invalid(name, str(e)) from None
+        raw = self.args.get(name)
+        return None if raw is None else parse_time(raw, now=now_ms)
 
     def q_duration(self, name: str, default: float | None) -> float | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return default
-        try:
-            value = parse_duration(raw)
-        except ValueError as e:
-            raise invalid(name, str(e)) from None
-        if value <= 0:
-            raise invalid(name, "must be positive")
+        value: float | None = self.args.get(name, default)
         return value
 
     def page_args(self) -> tuple[int, str | None]:
-        limit = self.q_int("limit", 50, lo=1, hi=500)
-        cursor = self.get_query_argument("cursor", None)
-        if cursor is not None and (not cursor or len(cursor) > 512):
-            raise invalid("cursor", "is not valid", 400)
-        return limit, cursor
+        return self.q_int("limit", LIMIT.default or 50), self.q_str("cursor")
 
     def batch_items(self, name: str) -> list[Any]:
         """The items of an ingest body: a JSON array, or ``{name: [...]}``; at least one,
@@ -620,12 +613,9 @@ class APIHandler(RequestHandler):
         return f"{self.principal.id}:{key}" if key else ""
 
     def idempotency_key(self) -> str | None:
-        key = self.request.headers.get("Idempotency-Key")
-        if key is None:
-            return None
-        if not 1 <= len(key) <= 255 or not key.isprintable():
-            raise invalid("Idempotency-Key", "must be 1 to 255 printable characters", 400)
-        return key
+        """The Idempotency-Key header, checked in read_args (IDEMPOTENCY_KEY)."""
+        value: str | None = self.args.get(IDEMPOTENCY_KEY.name)
+        return value
 
 
 def cursor_problem(e: CursorError) -> Problem:

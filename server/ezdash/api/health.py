@@ -37,7 +37,6 @@ class LiveHandler(APIHandler):
     scopes = {"GET": None}
 
     def get(self) -> None:
-        self.check_query(())
         self.write_json({"status": "ok"})
 
 
@@ -45,7 +44,6 @@ class HealthHandler(APIHandler):
     scopes = {"GET": None}
 
     async def get(self) -> None:
-        self.check_query(())
         latency = await ping_ms(self)
         ok = latency is not None
         self.write_json(
@@ -65,7 +63,6 @@ class ReadyHandler(APIHandler):
     scopes = {"GET": None}
 
     async def get(self) -> None:
-        self.check_query(())
         if self.services.draining:
             self.write_json({"status": "not-ready", "reason": "draining"}, 503)
         elif await ping_ms(self) is None:
@@ -78,7 +75,6 @@ class OpenAPIHandler(APIHandler):
     scopes = {"GET": None}
 
     def get(self) -> None:
-        self.check_query(())
         self.write_json(openapi_document())
 
 

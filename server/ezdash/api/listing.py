@@ -75,8 +75,8 @@ async def list_page(
     back (one part, or a tuple of parts); ``timed`` for lists that take ``from``/``to``."""
     limit, cursor = h.page_args()
     written = {
-        name: str(h.get_query_argument(name))
-        for name in h.request.query_arguments
+        name: values[0].decode()
+        for name, values in h.request.query_arguments.items()
         if name not in PAGING
     }
     if cursor is None:

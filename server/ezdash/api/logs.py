@@ -18,10 +18,10 @@ from tornado.iostream import StreamClosedError
 
 from ..metrics.recorder import BatchMismatch
 from ..store.logs import (
+    ALIASES,
     LEVELS,
     Doc,
     LogFilter,
-    is_stream_id,
     level_name,
     public,
     stream_id,
@@ -30,11 +30,11 @@ from ..store.logs import (
 from ..store.tasks import fingerprint
 from ..timeutil import format_ms, parse_time
 from .base import APIHandler
-from .errors import Problem, invalid
+from .errors import Problem
 from .listing import entry_id, list_page
+from .params import ENTRY_ID, IDEMPOTENCY_KEY, PAGE, Boolean, Choice, Header, Since, Text, Time
 
 DAY = 86_400_000
-FILTER_PARAMS = ("agent", "task", "level", "q")
 CSV_COLUMNS = ("id", "ts", "level", "agent_id", "task_id", "message", "fields")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
 """A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV
@@ -42,22 +42,32 @@ injection): such a cell is written with a leading single quote, unless the clien
 asks ``escape_formulas=false``."""
 
 
+LOG_FILTERS = (
+    Text("agent", "Only this agent", max_len=128),
+    Text("task", "Only this task", max_len=128),
+    Choice(
+        "level",
+        f"Minimum level ({', '.join(f'{a} = {b}' for a, b in ALIASES.items())})",
+        values=(*LEVELS, *ALIASES),
+    ),
+    Text("q", "Case-insensitive substring of the message", max_len=200),
+)
+LOG_RANGE = (
+    Time("from", "Recorded at or after (default now-24h)"),
+    Time("to", "Recorded before (default now; a to before from selects nothing)"),
+)
+
+
 class LogsHandler(APIHandler):
     scopes = {"GET": "read"}
 
     def log_filter(self) -> LogFilter:
-        level = self.get_query_argument("level", None)
-        min_level = "debug"
-        if level is not None:
-            named = level_name(level)
-            if named is None:
-                raise invalid("level", f"must be one of {', '.join(LEVELS)}")
-            min_level = named
+        level = self.q_str("level")
         return LogFilter(
-            agent=self.q_str("agent", max_len=128),
-            task=self.q_str("task", max_len=128),
-            min_level=min_level,
-            q=self.q_str("q", max_len=200),
+            agent=self.q_str("agent"),
+            task=self.q_str("task"),
+            min_level=level_name(level) or "debug" if level else "debug",
+            q=self.q_str("q"),
         )
 
     def time_range(self, now: int) -> tuple[int, int]:
@@ -67,14 +77,13 @@ class LogsHandler(APIHandler):
         end = self.q_time("to", now)
         end = now + 1 if end is None else end
         start = end - DAY if start is None else start
-        if end <= start:
-            raise invalid("to", "must be after from")
-        return max(0, start), end
+        return max(0, start), max(0, start, end)
 
 
 class SearchHandler(LogsHandler):
+    query = {"GET": (*LOG_FILTERS, *LOG_RANGE, *PAGE)}
+
     async def get(self) -> None:
-        self.check_query({*FILTER_PARAMS, "from", "to", "limit", "cursor"})
         flt = self.log_filter()
         page = await list_page(self, entry_id, timed=True)
         start, end = self.time_range(page.now)
@@ -94,12 +103,21 @@ class ExportHandler(LogsHandler):
     the range, and the client sees bytes at once. gzip when the client accepts it
     (compressed here, in stream, since the generic transform skips these types)."""
 
-    async def get(self) -> None:
-        self.check_query({*FILTER_PARAMS, "from", "to", "format", "escape_formulas"})
-        fmt = self.q_str("format", choices=("ndjson", "csv")) or "ndjson"
-        escape = self.get_query_argument("escape_formulas", None) is None or self.q_bool(
-            "escape_formulas"
+    query = {
+        "GET": (
+            *LOG_FILTERS,
+            *LOG_RANGE,
+            Choice("format", "ndjson (default) or csv", values=("ndjson", "csv")),
+            Boolean(
+                "escape_formulas",
+                "CSV only: prefix cells a spreadsheet would run as formulas with ' (default true)",
+            ),
         )
+    }
+
+    async def get(self) -> None:
+        fmt = self.q_str("format") or "ndjson"
+        escape = bool(self.args.get("escape_formulas", True))
         flt = self.log_filter()
         start, end = self.time_range(await self.services.redis_now_ms())
         await self.settle()  # nothing may be sent before the credential check passed
@@ -173,12 +191,23 @@ class StreamHandler(LogsHandler):
 
     query_token = True
     _closed = False
+    query = {"GET": (*LOG_FILTERS, Since("since", "An entry id or a time to resume after"))}
+    headers_in = {
+        "GET": (
+            Header(
+                "Last-Event-ID",
+                "The id of the last event received; wins over since",
+                max_len=41,
+                pattern=ENTRY_ID,
+                hint="must be an id this stream sent",
+            ),
+        )
+    }
 
     def on_connection_close(self) -> None:
         self._closed = True
 
     async def get(self) -> None:
-        self.check_query({*FILTER_PARAMS, "since", "access_token"})
         flt = self.log_filter()
         svc = self.services
         since = await self._since()
@@ -257,21 +286,16 @@ class StreamHandler(LogsHandler):
 
     async def _since(self) -> str | None:
         """Resume point: ``Last-Event-ID`` wins over ``?since=`` (an id or a time)."""
-        header = self.request.headers.get("Last-Event-ID")
+        header = self.args.get("Last-Event-ID")
         if header is not None:
-            if not is_stream_id(header.strip()):
-                raise invalid("Last-Event-ID", "must be an id this stream sent", 400)
-            return header.strip()
-        raw = self.get_query_argument("since", None)
-        if raw is None:
+            return str(header)
+        since = self.args.get("since")
+        if since is None:
             return None
-        if is_stream_id(raw) and "-" in raw:
-            return raw
-        now = await self.services.redis_now_ms()
-        try:
-            ms = parse_time(raw, now=now)
-        except ValueError as e:
-            raise invalid("since", f"an entry id or a time: {e}") from None
+        kind, raw = since
+        if kind == "id":
+            return str(raw)
+        ms = parse_time(raw, now=await self.services.redis_now_ms())
         return f"{max(0, ms - 1)}-18446744073709551615"
 
 
@@ -283,9 +307,9 @@ class IngestLogsHandler(APIHandler):
 
     scopes = {"POST": "write"}
     actions = {"POST": "ingest.logs"}
+    headers_in = {"POST": (IDEMPOTENCY_KEY,)}
 
     async def post(self) -> None:
-        self.check_query(())
         svc = self.services
         items = self.batch_items("entries")
         now = await svc.redis_now_ms()

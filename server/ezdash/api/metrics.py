@@ -14,8 +14,44 @@ from ..metrics.recorder import Batch, BatchMismatch, write_batch
 from ..store.tasks import fingerprint
 from .base import APIHandler
 from .errors import Problem, invalid
+from .models import QUEUE_PATTERN
+from .params import (
+    AGENT,
+    FROM,
+    IDEMPOTENCY_KEY,
+    TO,
+    WHOLE_SECONDS,
+    Choice,
+    Duration,
+    Param,
+    Text,
+)
 
-FILTERS = ("agent", "model", "kind", "queue")
+NO_PIPE = r"^[^|]{1,200}$"
+"""Filter values name a rollup cell; '|' joins the parts of combined dimensions."""
+FILTER_PARAMS: tuple[Param, ...] = tuple(
+    AGENT
+    if dim == "agent"
+    else Text(
+        dim,
+        f"Only this {dim}",
+        max_len=64 if dim == "queue" else 200,
+        pattern=QUEUE_PATTERN if dim == "queue" else NO_PIPE,
+        hint="queue names are 1-64 characters of A-Z a-z 0-9 . _ -"
+        if dim == "queue"
+        else "1 to 200 characters without '|'",
+    )
+    for dim in GROUP_DIMS
+)
+FILTERS = tuple(p.name for p in FILTER_PARAMS)
+GROUP_BY = Choice("group_by", "Dimension to split by", values=("none", *GROUP_DIMS))
+STEP = Duration(
+    "step",
+    "Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window",
+    pattern=WHOLE_SECONDS,
+    hint="must be a whole number of seconds, e.g. 60s, 5m, 1h",
+)
+METRICS_QUERY = (FROM, TO, STEP, GROUP_BY, *FILTER_PARAMS)
 TOKEN_COUNTERS = (
     "input_tokens",
     "output_tokens",
@@ -29,10 +65,9 @@ class MetricsHandler(APIHandler):
     """Shared parsing: from, to, step, group_by and the filters."""
 
     scopes = {"GET": "read"}
-    extra_params: tuple[str, ...] = ()
+    query = {"GET": METRICS_QUERY}
 
     async def plan(self) -> tuple[Plan, str]:
-        self.check_query({"from", "to", "step", "group_by", *FILTERS, *self.extra_params})
         svc = self.services
         now = await svc.redis_now_ms()
         end = self.q_time("to", now)
@@ -40,13 +75,8 @@ class MetricsHandler(APIHandler):
         start = self.q_time("from", now)
         start = end - 86_400_000 if start is None else start
         step = self.q_duration("step", None)
-        if step is not None and step * 1000 % 1000:
-            raise invalid("step", "must be whole seconds")
-        group_by = self.q_str("group_by", choices=("none", *GROUP_DIMS)) or "none"
-        filters = {f: v for f in FILTERS if (v := self.q_str(f, max_len=200)) is not None}
-        for name, value in filters.items():
-            if "|" in value:
-                raise invalid(name, "must not contain '|'")
+        group_by = self.q_str("group_by") or "none"
+        filters = self.filters()
         try:
             p = plan(
                 svc.tiers,
@@ -60,6 +90,9 @@ class MetricsHandler(APIHandler):
         except QueryError as e:
             raise invalid(e.field, str(e)) from None
         return p, group_by
+
+    def filters(self) -> dict[str, str]:
+        return {f: v for f in FILTERS if (v := self.q_str(f)) is not None}
 
     def group_doc(self, p: Plan, label: str) -> dict[str, str]:
         return {} if p.label is None else {p.label: label}
@@ -216,7 +249,6 @@ class PricesHandler(APIHandler):
     scopes = {"GET": "read"}
 
     def get(self) -> None:
-        self.check_query(())
         self.write_json(self.services.prices.as_api())
 
 
@@ -229,9 +261,9 @@ class IngestUsageHandler(APIHandler):
 
     scopes = {"POST": "write"}
     actions = {"POST": "ingest.usage"}
+    headers_in = {"POST": (IDEMPOTENCY_KEY,)}
 
     async def post(self) -> None:
-        self.check_query(())
         svc = self.services
         items = self.batch_items("events")
         now = await svc.redis_now_ms()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from analytics.loader import METRICS
-
 from .. import __version__
 from .models import SCHEMAS
+from .params import ACCESS_TOKEN
 
 REF = "#/components/schemas/{model}"
 
@@ -30,52 +30,6 @@ def _ok(schema: dict[str, Any], desc: str = "OK") -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
 
-def _q(name: str, desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": desc,
-        "schema": schema or {"type": "string"},
-    }
-
-
-def _path(name: str, desc: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": desc,
-        "schema": {"type": "string"},
-    }
-
-
-PAGE = [
-    _q(
-        "limit", "Page size (1-500, default 50).", {"type": "integer", "minimum": 1, "maximum": 500}
-    ),
-    _q("cursor", "Opaque cursor from the previous page's next_cursor."),
-]
-DRY = _q(
-    "dry_run", "Validate and authorise, change nothing, say what would happen.", {"type": "boolean"}
-)
-IDEM = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "A repeat within 24 h returns the first result.",
-    "schema": {"type": "string", "maxLength": 255},
-}
-LOG_FILTERS = [
-    _q("agent", "Only this agent"),
-    _q("task", "Only this task"),
-    _q(
-        "level",
-        "Minimum level",
-        {"enum": ["debug", "info", "warning", "error", "critical"]},
-    ),
-    _q("q", "Case-insensitive substring of the message"),
-]
 ERR = {
     "400": _problem("Malformed request (bad JSON, unknown parameter, bad cursor)"),
     "401": _problem("Missing or invalid credentials"),
@@ -89,12 +43,12 @@ def _op(
     summary: str,
     scope: str | None,
     responses: dict[str, Any],
-    params: list[dict[str, Any]] | None = None,
     body: str | None = None,
 ) -> dict[str, Any]:
+    """One operation; its parameters are filled in from its handler (see below)."""
     op: dict[str, Any] = {
         "summary": summary,
-        "parameters": params or [],
+        "parameters": [],
         "responses": {**responses, **(ERR if scope else {"429": ERR["429"]})},
     }
     op["security"] = [{"bearer": []}, {"apiKey": []}] if scope else []
@@ -108,26 +62,40 @@ def _op(
     return op
 
 
+def path_template(pattern: str, names: tuple[str, ...]) -> str:
+    """``/api/tasks/([^/]+)`` and ("task_id",) -> ``/api/tasks/{task_id}``."""
+    parts = iter(names)
+    return re.sub(r"\([^)]*\)", lambda _: "{" + next(parts) + "}", pattern)
+
+
+def _attach_parameters(paths: dict[str, Any]) -> None:
+    """Every operation's parameters come from its handler's declarations (path
+    segments, query parameters, headers): the very lists the server checks requests
+    against, so the document can neither miss one nor describe one differently."""
+    from .app import routes  # the handler modules import this one
+
+    for pattern, cls in routes():
+        template = path_template(pattern, tuple(p.name for p in cls.path))
+        for method in cls.scopes:
+            op = paths[template][method.lower()]
+            query = list(cls.query.get(method, ()))
+            if cls.query_token:
+                query.append(ACCESS_TOKEN)
+            op["parameters"] = [
+                *(p.openapi() for p in cls.path),
+                *(p.openapi() for p in query),
+                *(h.openapi() for h in cls.headers_in.get(method, ())),
+            ]
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "serialization") for m in SCHEMAS], ref_template=REF)
     schemas = defs.get("$defs", {})
-    metrics_params = [
-        _q("from", "Start (RFC 3339, unix seconds, now-7d); default to - 24h"),
-        _q("to", "End; default now"),
-        _q("step", "Bucket size (1m, 5m, 1h, 1d...); default chosen from the window"),
-        _q("group_by", "Dimension", {"enum": ["none", "agent", "model", "kind", "queue"]}),
-        _q("agent", "Only this agent"),
-        _q("model", "Only this model"),
-        _q("kind", "Only this agent kind"),
-        _q("queue", "Only this queue"),
-    ]
 
     def metrics_op(summary: str) -> dict[str, Any]:
-        return {"get": _op(summary, "read", {"200": _ok(_ref("MetricsAnswer"))}, metrics_params)}
+        return {"get": _op(summary, "read", {"200": _ok(_ref("MetricsAnswer"))})}
 
-    agent_id = _path("agent_id", "The agent's own id.")
-    task_id = _path("task_id", "A task id (tsk_...).")
     paths: dict[str, Any] = {
         "/api/health": {
             "get": _op(
@@ -152,28 +120,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/openapi.json": {"get": _op("This document", None, {"200": _ok({"type": "object"})})},
         "/api/agents": {
-            "get": _op(
-                "List agents (id order)",
-                "read",
-                {"200": _ok(_ref("AgentPage"))},
-                [
-                    _q(
-                        "status",
-                        "Derived status",
-                        {"enum": list(schemas["Agent"]["properties"]["status"]["enum"])},
-                    ),
-                    _q("kind", "Agent kind"),
-                    _q("q", "Substring of id or name"),
-                    *PAGE,
-                ],
-            )
+            "get": _op("List agents (id order)", "read", {"200": _ok(_ref("AgentPage"))})
         },
         "/api/agents/{agent_id}": {
             "get": _op(
                 "One agent with stats, recent errors and pending commands",
                 "read",
                 {"200": _ok(_ref("AgentDetail")), "404": _problem("Unknown agent")},
-                [agent_id],
             ),
             "delete": _op(
                 "Stop an agent (graceful; force=true requeues its task)",
@@ -184,7 +137,6 @@ def openapi_document() -> dict[str, Any]:
                     "404": _problem("Unknown agent"),
                     "409": _problem("Agent already stopped"),
                 },
-                [agent_id, _q("force", "Abandon the current task", {"type": "boolean"}), DRY, IDEM],
             ),
         },
         "/api/agents/{agent_id}/restart": {
@@ -197,52 +149,20 @@ def openapi_document() -> dict[str, Any]:
                     "404": _problem("Unknown agent"),
                     "409": _problem("Agent stopped"),
                 },
-                [agent_id, DRY, IDEM],
             )
         },
         "/api/control/commands": {
-            "get": _op(
-                "List commands (newest first)",
-                "read",
-                {"200": _ok(_ref("CommandPage"))},
-                [
-                    _q("agent", "Agent id"),
-                    _q(
-                        "status",
-                        "Command status",
-                        {"enum": list(schemas["Command"]["properties"]["status"]["enum"])},
-                    ),
-                    *PAGE,
-                ],
-            )
+            "get": _op("List commands (newest first)", "read", {"200": _ok(_ref("CommandPage"))})
         },
         "/api/control/commands/{command_id}": {
             "get": _op(
                 "One command",
                 "read",
                 {"200": _ok(_ref("Command")), "404": _problem("Unknown command")},
-                [_path("command_id", "A command id (cmd_...)")],
             )
         },
         "/api/tasks": {
-            "get": _op(
-                "List tasks (newest first)",
-                "read",
-                {"200": _ok(_ref("TaskPage"))},
-                [
-                    _q(
-                        "status",
-                        "Task status",
-                        {"enum": list(schemas["Task"]["properties"]["status"]["enum"])},
-                    ),
-                    _q("queue", "Queue name"),
-                    _q("agent", "Agent id"),
-                    _q("type", "Task type"),
-                    _q("from", "Created at or after (RFC 3339, unix seconds, now-24h)"),
-                    _q("to", "Created at or before"),
-                    *PAGE,
-                ],
-            ),
+            "get": _op("List tasks (newest first)", "read", {"200": _ok(_ref("TaskPage"))}),
             "post": _op(
                 "Create a task",
                 "write",
@@ -250,7 +170,6 @@ def openapi_document() -> dict[str, Any]:
                     "201": _ok(_ref("TaskEnvelope"), "Created; Location names it"),
                     "413": _problem("Body or payload too large"),
                 },
-                [IDEM],
                 body="TaskCreate",
             ),
         },
@@ -259,7 +178,6 @@ def openapi_document() -> dict[str, Any]:
                 "One task with its attempt history",
                 "read",
                 {"200": _ok(_ref("TaskWithHistory")), "404": _problem("Unknown task")},
-                [task_id],
             )
         },
         "/api/tasks/{task_id}/retry": {
@@ -271,7 +189,6 @@ def openapi_document() -> dict[str, Any]:
                     "404": _problem("Unknown task"),
                     "409": _problem("Task not retryable"),
                 },
-                [task_id, DRY],
             )
         },
         "/api/tasks/{task_id}/cancel": {
@@ -283,7 +200,6 @@ def openapi_document() -> dict[str, Any]:
                     "404": _problem("Unknown task"),
                     "409": _problem("Task already finished"),
                 },
-                [task_id, DRY],
             )
         },
         "/api/queues": {
@@ -307,7 +223,6 @@ def openapi_document() -> dict[str, Any]:
                 'Usage events (a JSON array or {"events": [...]}); all or nothing',
                 "write",
                 {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many events")},
-                [IDEM],
             )
         },
         "/api/ingest/logs": {
@@ -315,7 +230,6 @@ def openapi_document() -> dict[str, Any]:
                 'Log entries (a JSON array of LogEntryIn or {"entries": [...]}); all or nothing',
                 "write",
                 {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many entries")},
-                [IDEM],
             )
         },
         "/api/logs/search": {
@@ -324,7 +238,6 @@ def openapi_document() -> dict[str, Any]:
                 "filter is sparse (each page examines a bounded number of entries)",
                 "read",
                 {"200": _ok(_ref("LogPage"))},
-                [*LOG_FILTERS, _q("from", "Default now-24h"), _q("to", "Default now"), *PAGE],
             )
         },
         "/api/logs/export": {
@@ -341,17 +254,6 @@ def openapi_document() -> dict[str, Any]:
                         },
                     }
                 },
-                [
-                    *LOG_FILTERS,
-                    _q("from", "Default now-24h"),
-                    _q("to", "Default now"),
-                    _q("format", "ndjson (default) or csv", {"enum": ["ndjson", "csv"]}),
-                    _q(
-                        "escape_formulas",
-                        "CSV: a ' before cells a spreadsheet would run as formulas (default true)",
-                        {"type": "boolean", "default": True},
-                    ),
-                ],
             )
         },
         "/api/logs/stream": {
@@ -366,11 +268,6 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     }
                 },
-                [
-                    *LOG_FILTERS,
-                    _q("since", "An entry id or a time to resume after"),
-                    _q("access_token", "A JWT, for browsers' EventSource"),
-                ],
             )
         },
         "/api/alerts": {
@@ -402,7 +299,6 @@ def openapi_document() -> dict[str, Any]:
                 "too slow to keep up gets resync and close code 1013",
                 "read",
                 {"101": {"description": "Switching Protocols"}},
-                [_q("access_token", "A JWT, for browsers' WebSocket")],
             )
         },
         "/metrics": {
@@ -437,10 +333,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/analytics/history": {
             "get": _op(
-                "Any metric at any step, columnar",
-                "read",
-                {"200": _ok(_ref("HistoryAnswer"))},
-                [_q("metric", "A metric name", {"enum": list(METRICS)}), *metrics_params],
+                "Any metric at any step, columnar", "read", {"200": _ok(_ref("HistoryAnswer"))}
             )
         },
         "/api/analytics/trends": {
@@ -449,11 +342,6 @@ def openapi_document() -> dict[str, Any]:
                 "seasonality strength, per group",
                 "read",
                 {"200": _ok(_ref("TrendsAnswer"))},
-                [
-                    _q("metric", "A metric name", {"enum": list(METRICS)}),
-                    _q("window", "Default 7d"),
-                    *metrics_params[3:],
-                ],
             )
         },
         "/api/analytics/forecast": {
@@ -461,14 +349,6 @@ def openapi_document() -> dict[str, Any]:
                 "Forecast with prediction intervals and its backtest",
                 "read",
                 {"200": _ok(_ref("ForecastAnswer"))},
-                [
-                    _q("metric", "A metric name", {"enum": list(METRICS)}),
-                    _q("horizon", "Default 7d"),
-                    _q("step", "Default 1h"),
-                    _q("levels", "Default 80,95"),
-                    _q("history", "Fitted history, default 30d"),
-                    *metrics_params[4:],
-                ],
             )
         },
         "/api/analytics/anomalies": {
@@ -476,13 +356,6 @@ def openapi_document() -> dict[str, Any]:
                 "Points that break the learned pattern",
                 "read",
                 {"200": _ok(_ref("AnomaliesAnswer"))},
-                [
-                    _q("metric", "A metric name", {"enum": list(METRICS)}),
-                    _q("window", "Default 7d"),
-                    _q("step", "Default 1h"),
-                    _q("threshold", "Robust sigmas, default 4"),
-                    *metrics_params[4:],
-                ],
             )
         },
         "/api/analytics/predictions": {
@@ -490,7 +363,6 @@ def openapi_document() -> dict[str, Any]:
                 "Month-end cost with interval, budget run-out, drain ETA per queue",
                 "read",
                 {"200": _ok(_ref("PredictionsAnswer"))},
-                [_q("level", "Interval level, default 80"), *metrics_params[4:]],
             )
         },
         "/api/auth/token": {
@@ -514,25 +386,13 @@ def openapi_document() -> dict[str, Any]:
                 "Revoke an API key (at once, on every instance)",
                 "admin",
                 {"200": _ok(_ref("ApiKey")), "404": _problem("Unknown key")},
-                [_path("key_id", "A key id (key_...)")],
             )
         },
         "/api/audit": {
-            "get": _op(
-                "Audit log, newest first",
-                "admin",
-                {"200": _ok(_ref("AuditPage"))},
-                [
-                    _q("principal", "Who (key:<id>, ext:<sub>, anonymous)"),
-                    _q("action", "e.g. agents.restart, tasks.create"),
-                    _q("result", "ok, denied or failed", {"enum": ["ok", "denied", "failed"]}),
-                    _q("from", "At or after"),
-                    _q("to", "At or before"),
-                    *PAGE,
-                ],
-            )
+            "get": _op("Audit log, newest first", "admin", {"200": _ok(_ref("AuditPage"))})
         },
     }
+    _attach_parameters(paths)
     return {
         "openapi": "3.1.0",
         "info": {

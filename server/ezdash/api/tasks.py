@@ -2,49 +2,56 @@
 
 from __future__ import annotations
 
-import re
-
 import orjson
 
-from ..ids import SERVER_ID
 from ..keys import TASK_STATUSES
 from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
 from .base import APIHandler
-from .errors import Problem, conflict, invalid, not_found
+from .errors import Problem, conflict, not_found
 from .listing import list_page, number, text
 from .models import QUEUE_PATTERN, TYPE_PATTERN, TaskCreate
+from .params import AGENT, DRY_RUN, IDEMPOTENCY_KEY, PAGE, TASK_PATH, Choice, Text, Time
 
 RETRYABLE = ("failed", "dead", "cancelled")
 CANCELLABLE = ("queued", "running")
 
 
-def check_task_id(task_id: str) -> str:
-    if not SERVER_ID.match(task_id) or not task_id.startswith("tsk_"):
-        raise not_found("task", task_id)
-    return task_id
-
-
 class TasksHandler(APIHandler):
     scopes = {"GET": "read", "POST": "write"}
     actions = {"POST": "tasks.create"}
+    query = {
+        "GET": (
+            Choice("status", "Task status", values=TASK_STATUSES),
+            Text(
+                "queue",
+                "Queue name",
+                max_len=64,
+                pattern=QUEUE_PATTERN,
+                hint="queue names are 1-64 characters of A-Z a-z 0-9 . _ -",
+            ),
+            AGENT,
+            Text(
+                "type",
+                "Task type",
+                max_len=128,
+                pattern=TYPE_PATTERN,
+                hint="task types are 1-128 characters of A-Z a-z 0-9 . _ : / -",
+            ),
+            Time("from", "Created at or after (RFC 3339, unix seconds, now-24h)"),
+            Time("to", "Created at or before (a to before from selects nothing)"),
+            *PAGE,
+        )
+    }
+    headers_in = {"POST": (IDEMPOTENCY_KEY,)}
 
     async def get(self) -> None:
-        self.check_query({"status", "queue", "agent", "type", "from", "to", "limit", "cursor"})
         page = await list_page(self, (number, text), timed=True)
         start, end = self.q_time("from", page.now), self.q_time("to", page.now)
-        if start is not None and end is not None and end < start:
-            raise invalid("to", "must not be before from")
-        queue = self.q_str("queue", max_len=64)
-        if queue is not None and not _match(QUEUE_PATTERN, queue):
-            raise invalid("queue", "queue names are 1-64 characters of A-Z a-z 0-9 . _ -")
-        ttype = self.q_str("type", max_len=128)
-        if ttype is not None and not _match(TYPE_PATTERN, ttype):
-            raise invalid("type", "task types are 1-128 characters of A-Z a-z 0-9 . _ : / -")
         items, last = await self.services.tasks.page(
-            status=self.q_str("status", choices=TASK_STATUSES),
-            queue=queue,
-            agent=self.q_str("agent", max_len=128),
-            type=ttype,
+            status=self.q_str("status"),
+            queue=self.q_str("queue"),
+            agent=self.q_str("agent"),
+            type=self.q_str("type"),
             start_ms=start,
             end_ms=end,
             limit=page.limit,
@@ -53,7 +60,6 @@ class TasksHandler(APIHandler):
         self.write_json({"items": items, "next_cursor": page.next_cursor(last)})
 
     async def post(self) -> None:
-        self.check_query(())
         body = self.json_body(TaskCreate)
         svc = self.services
         size = len(orjson.dumps(body.payload))
@@ -99,10 +105,10 @@ class TasksHandler(APIHandler):
 
 class TaskHandler(APIHandler):
     scopes = {"GET": "read"}
+    path = (TASK_PATH,)
 
     async def get(self, task_id: str) -> None:
-        self.check_query(())
-        task = await self.services.tasks.get(check_task_id(task_id), history=True)
+        task = await self.services.tasks.get(task_id, history=True)
         if task is None:
             raise not_found("task", task_id)
         self.write_json(task)
@@ -111,19 +117,21 @@ class TaskHandler(APIHandler):
 class TaskRetryHandler(APIHandler):
     scopes = {"PUT": "write"}
     actions = {"PUT": "tasks.retry"}
+    path = (TASK_PATH,)
+    query = {"PUT": (DRY_RUN,)}
 
     async def put(self, task_id: str) -> None:
-        self.check_query({"dry_run"})
-        await transition(self, check_task_id(task_id), "retry", RETRYABLE)
+        await transition(self, task_id, "retry", RETRYABLE)
 
 
 class TaskCancelHandler(APIHandler):
     scopes = {"POST": "write"}
     actions = {"POST": "tasks.cancel"}
+    path = (TASK_PATH,)
+    query = {"POST": (DRY_RUN,)}
 
     async def post(self, task_id: str) -> None:
-        self.check_query({"dry_run"})
-        await transition(self, check_task_id(task_id), "cancel", CANCELLABLE)
+        await transition(self, task_id, "cancel", CANCELLABLE)
 
 
 async def transition(h: APIHandler, task_id: str, action: str, allowed: tuple[str, ...]) -> None:
@@ -162,13 +170,8 @@ class QueuesHandler(APIHandler):
     scopes = {"GET": "read"}
 
     async def get(self) -> None:
-        self.check_query(())
         svc = self.services
         self.write_json(await svc.tasks.queue_stats(await svc.redis_now_ms()))
-
-
-def _match(pattern: str, value: str) -> bool:
-    return re.match(pattern, value) is not None
 
 
 default_handlers = [
