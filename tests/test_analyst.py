@@ -136,14 +136,15 @@ async def test_export_round_trips_through_read_file(page: Page, tmp_path: Any) -
     np.testing.assert_allclose(back["all"].to_numpy(), p.loaded.frame["all"].to_numpy(), atol=1e-12)
 
 
-async def test_an_impossible_view_says_which_control_to_change(page: Page) -> None:
+async def test_a_step_too_fine_for_the_window_is_coarsened_and_said(page: Page) -> None:
     p = page.page
     p.window.value = "90 days"
     p.step.value = "5 minutes"
     await p.refresh()
     await wait_for(lambda: _settled(p), timeout=30, what="the refresh to settle")
-    assert "Cannot show this view" in p.status.object, p.status.object
-    assert re.search(r"change \*(step|from)\*", p.status.object), p.status.object
+    assert p.loaded is not None and p.loaded.plan.step_ms > 5 * 60_000
+    assert "5 minutes steps are finer than the rollups keep" in p.status.object, p.status.object
+    assert re.search(r"showing 1h steps", p.status.object), p.status.object
 
 
 async def test_a_query_the_page_builds_matches_the_controls(page: Page) -> None:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from ezdash.redis_server import RedisServer
-from ezdash.timeutil import format_ms
+from ezdash.timeutil import format_ms, parse_time
 
 from .conftest import REPO, Api, start_api, stop_api
 
@@ -264,11 +264,6 @@ async def test_zero_filled_buckets(api: Api) -> None:
 @pytest.mark.parametrize(
     ("query", "field"),
     [
-        ("from=now&to=now-1h", "to"),
-        ("from=now-30d&step=1m", "step"),
-        ("from=now-5d&step=1m", "step"),
-        ("from=now-700d&step=1h", "step"),
-        ("step=7s", "step"),
         ("step=soon", "step"),
         ("group_by=colour", "group_by"),
         ("from=yesterday", "from"),
@@ -282,6 +277,30 @@ async def test_bad_queries(api: Api, query: str, field: str) -> None:
     assert r.status in (400, 422), r.json
     assert r.headers["Content-Type"] == "application/problem+json"
     assert r.json["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("query", "step", "empty"),
+    [
+        ("from=now&to=now-1h", None, True),  # a to before from: an empty range
+        ("from=now-30d&step=1m", "1h", False),  # 1m data is kept 48 h: coarsened
+        ("from=now-5d&step=1m", "1h", False),  # nor 5m or 15m: they come from 1m data
+        ("from=now-700d&step=1h", "1d", False),  # only 1d data is kept 700 days
+        ("step=7s", "1m", False),  # whole buckets of the finest tier
+        ("from=now-3000d", None, False),  # older than anything kept: starts at 730d
+    ],
+)
+async def test_ranges_and_steps_are_answered_as_kept(
+    api: Api, query: str, step: str | None, empty: bool
+) -> None:
+    """Schema-valid ranges and steps are never refused: the answer says what it read."""
+    r = await api.get(f"/api/metrics/tokens?{query}")
+    assert r.status == 200, r.json
+    assert (r.json["t"] == []) is empty
+    if step is not None:
+        assert r.json["step"] == step, r.json["step"]
+    oldest = await api.services.redis_now_ms() - 730 * 86_400_000  # the longest retention
+    assert parse_time(r.json["from"]) >= oldest - 7 * 86_400_000  # ...less one aligned bucket
 
 
 async def test_bad_batches_refused_whole(api: Api) -> None:

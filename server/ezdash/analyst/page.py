@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from analytics.loader import METRICS, tidy
 
 from ..analysis.jobs import JobInputError
-from ..metrics.query import QueryError
+from ..metrics.query import QueryError, fmt_step
 from ..timeutil import format_ms
 from .data import DAY, HOUR, AnalystData, Loaded, Query
 
@@ -306,6 +306,11 @@ class AnalystPage:
             return
         as_of = format_ms(loaded.end_ms)
         done_note = f"Complete buckets up to {as_of}."
+        if loaded.plan.step_ms != q.step_ms:
+            done_note += (
+                f" {_label(q.step_ms, STEPS)} steps are finer than the rollups keep over "
+                f"{_label(q.window_ms, WINDOWS)}: showing {fmt_step(loaded.plan.step_ms)} steps."
+            )
         self.status.object = done_note + (" " + " ".join(problems) if problems else "")
 
     def _fail(self, generation: int, message: str) -> None:

@@ -76,6 +76,7 @@ class AnalyticsHandler(MetricsHandler):
         now: int,
         field: str = "step",
         from_field: str = "from",
+        keep_step: bool = False,
     ) -> Plan:
         try:
             return plan(
@@ -86,6 +87,7 @@ class AnalyticsHandler(MetricsHandler):
                 now_ms=now,
                 group_by=group_by,
                 filters=filters,
+                keep_step=keep_step,
             )
         except QueryError as e:
             name = {"step": field, "from": from_field}.get(e.field, e.field)
@@ -111,6 +113,7 @@ class AnalyticsHandler(MetricsHandler):
             filters=self.filters(),
             now=now,
             from_field=span_field,
+            keep_step=True,  # the step is the model's: a longer history is cut short
         )
         series = fleet_series(await load_plan(svc.metrics, p, metric), metric)
         return series, p, end

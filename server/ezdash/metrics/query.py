@@ -68,45 +68,49 @@ def plan(
     now_ms: int,
     group_by: str,
     filters: dict[str, str],
+    keep_step: bool = False,
 ) -> Plan:
-    if end_ms <= start_ms:
-        raise QueryError("to", "must be after from")
+    """What to read for a range and step. It answers every range and step rather than
+    refusing one (the answer's ``from``, ``step`` and ``stats.tier`` say what was read):
+
+    - nothing older than the longest retention is kept, so the range starts there at
+      the earliest; a ``to`` before ``from`` is an empty range;
+    - a step is a whole number of the finest tier's buckets (rounded up);
+    - a step too fine for the age of the range, or giving more than ``MAX_BUCKETS``
+      buckets, is coarsened to the first nice step that fits; with ``keep_step``
+      (forecasts, whose step is the model's) the range is shortened instead.
+    """
+    oldest = now_ms - tiers[-1].retention_ms
+    start_ms = max(start_ms, oldest)
+    end_ms = max(end_ms, start_ms)
     span = end_ms - start_ms
-    if step_ms is None:
+    finest = tiers[0].step_ms
+    if step_ms is not None:
+        step_ms = max(finest, -(-step_ms // finest) * finest)
+    if step_ms is not None and keep_step:
+        dividing = [t for t in tiers if step_ms % t.step_ms == 0]
+        tier = _tier_for(tiers, step_ms, start_ms, now_ms) or max(
+            dividing, key=lambda t: t.retention_ms
+        )
+        start_ms = max(start_ms, now_ms - tier.retention_ms, end_ms - MAX_BUCKETS * step_ms)
+        end_ms = max(end_ms, start_ms)
+    else:
+        wanted = 300 if step_ms is None else MAX_BUCKETS
+        candidates = [step_ms] if step_ms is not None else []
+        candidates += [s for s in NICE_STEPS_MS if step_ms is None or s > step_ms]
+        # A tier whose retention misses the start by less than a bucket still serves:
+        # the range then starts where the tier's data does.
         fitting = [
-            s for s in NICE_STEPS_MS if span / s <= 300 and _tier_for(tiers, s, start_ms, now_ms)
+            s
+            for s in candidates
+            if span / s <= wanted and _tier_for(tiers, s, start_ms + s, now_ms) is not None
         ]
         step_ms = fitting[0] if fitting else NICE_STEPS_MS[-1]
-    tier = _tier_for(tiers, step_ms, start_ms, now_ms)
-    if tier is None and start_ms < now_ms - tiers[-1].retention_ms:
-        raise QueryError(
-            "from",
-            f"is older than the longest retention "
-            f"({fmt_step(tiers[-1].retention_ms)}); nothing is kept that far back",
-        )
-    if tier is None:
-        dividing = [t for t in tiers if step_ms % t.step_ms == 0]
-        if not dividing:
-            raise QueryError("step", f"must be a multiple of {fmt_step(tiers[0].step_ms)}")
-        covering = [t for t in tiers if start_ms >= now_ms - t.retention_ms]
-        need = fmt_step(covering[0].step_ms) if covering else None
-        finest = dividing[0]
-        raise QueryError(
-            "step",
-            f"{fmt_step(step_ms)} is too fine for a range starting "
-            f"{fmt_step(max(60_000, (now_ms - start_ms) // 60_000 * 60_000))} ago "
-            f"({fmt_step(finest.step_ms)} data is kept "
-            f"{fmt_step(finest.retention_ms)})"
-            + (f"; use a step of at least {need}" if need else ""),
-        )
+        tier = _tier_for(tiers, step_ms, start_ms + step_ms, now_ms) or tiers[-1]
+        start_ms = max(start_ms, end_ms - MAX_BUCKETS * step_ms, now_ms - tier.retention_ms)
+        end_ms = max(end_ms, start_ms)
     start = start_ms // step_ms * step_ms
-    end = -(-end_ms // step_ms) * step_ms
-    if (end - start) // step_ms > MAX_BUCKETS:
-        raise QueryError(
-            "step",
-            f"gives {(end - start) // step_ms} buckets; at most "
-            f"{MAX_BUCKETS} are allowed (use a coarser step or a shorter range)",
-        )
+    end = max(start, -(-end_ms // step_ms) * step_ms) if end_ms > start_ms else start
     dim, groups, label, part, prefix = _groups(group_by, filters)
     return Plan(tier, step_ms, start, end, dim, groups, label, part, prefix)
 
