@@ -210,7 +210,7 @@ async def test_command_expires_when_not_acknowledged(api: Api, fleet: Fleet) -> 
         ("DELETE", "/api/agents/ghost", 404, None),
         ("GET", "/api/agents?status=sleeping", 422, "status"),
         ("GET", "/api/agents?limit=-1", 422, "limit"),
-        ("GET", "/api/agents?cursor=AAAA", 400, "cursor"),
+        ("GET", "/api/agents?cursor=AAAA", 404, "cursor"),
         ("GET", "/api/agents?colour=red", 400, "colour"),
         ("DELETE", "/api/agents/ghost?force=perhaps", 422, "force"),
         ("GET", "/api/control/commands/cmd_nothing", 404, None),

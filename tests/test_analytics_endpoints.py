@@ -147,8 +147,6 @@ async def test_health_stays_fast_during_twenty_forecasts(api: Api) -> None:
         ("/api/analytics/trends?metric=requests&window=90m", "window"),
         ("/api/analytics/forecast?metric=requests&levels=80,120", "levels"),
         ("/api/analytics/forecast?metric=requests&levels=eighty", "levels"),
-        ("/api/analytics/forecast?metric=requests&horizon=3000d", "horizon"),
-        ("/api/analytics/forecast?metric=requests&step=7m&horizon=1h", "horizon"),
         ("/api/analytics/anomalies?metric=requests&threshold=x", "threshold"),
         ("/api/analytics/anomalies?metric=requests&threshold=1", "threshold"),
         ("/api/analytics/predictions?level=100", "level"),
@@ -174,3 +172,13 @@ def _ms(text: str) -> int:
     from ezdash.timeutil import parse_time
 
     return parse_time(text)
+
+
+async def test_horizons_are_whole_steps_and_capped(api: Api) -> None:
+    """Schema-valid horizons are answered: rounded up to whole steps, at most 2000."""
+    r = await api.get("/api/analytics/forecast?metric=requests&step=7m&horizon=1h&history=1d")
+    assert r.status == 200, r.json
+    assert r.json["horizon"] == 9 and r.json["step"] == "7m"
+    r = await api.get("/api/analytics/forecast?metric=requests&horizon=3000d&history=2d")
+    assert r.status == 200, r.json
+    assert r.json["horizon"] == 2000 and len(r.json["mean"]) == 2000

@@ -422,7 +422,8 @@ async def test_audit_of_control_actions_and_denials(api: Api, fleet: Fleet) -> N
     page = (await api.get("/api/audit?limit=2")).json
     rest = (await api.get(f"/api/audit?limit=500&cursor={page['next_cursor']}")).json["items"]
     assert [e["id"] for e in page["items"] + rest][: len(items)] == [e["id"] for e in items]
-    assert (await api.get("/api/audit?cursor=nope")).status == 400
+    assert (await api.get("/api/audit?cursor=nope")).status == 404
+    assert (await api.get("/api/audit?cursor=no%20pe")).status == 400
     keys = await api.get("/api/auth/keys")
     assert read_key not in keys.body.decode()
 

@@ -21,11 +21,13 @@ from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, p
 from ..timeutil import format_ms, parse_duration
 from .alerting import alerts_view
 from .errors import invalid
-from .metrics import FILTER_PARAMS, GROUP_BY, METRICS_QUERY, MetricsHandler
+from .metrics import FILTER_ONLY, METRICS_QUERY, SLICE, MetricsHandler
 from .params import WHOLE_HOURS, WHOLE_SECONDS, Choice, Duration, Number, Percentages
 
 HOUR = 3_600_000
 DAY = 86_400_000
+MAX_HORIZON = 2000
+"""Steps a forecast goes ahead at most."""
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
@@ -146,7 +148,7 @@ class HistoryHandler(AnalyticsHandler):
 
 
 class TrendsHandler(AnalyticsHandler):
-    query = {"GET": (METRIC, WINDOW, GROUP_BY, *FILTER_PARAMS)}
+    query = {"GET": (METRIC, WINDOW, SLICE)}
 
     async def get(self) -> None:
         started = time.perf_counter()
@@ -200,7 +202,7 @@ class ForecastHandler(AnalyticsHandler):
             ANALYTICS_STEP,
             Percentages("levels", "Interval levels, default 80,95"),
             hours("history", "History fitted, whole hours; default 30d"),
-            *FILTER_PARAMS,
+            FILTER_ONLY,
         )
     }
 
@@ -211,11 +213,9 @@ class ForecastHandler(AnalyticsHandler):
         step = self.step_ms()
         horizon_ms, _ = self.window("horizon", "7d")
         history_ms, _ = self.window("history", "30d")
-        if horizon_ms % step:
-            raise invalid("horizon", "must be a whole number of steps")
-        steps = horizon_ms // step
-        if steps > 2000:
-            raise invalid("horizon", f"is {steps} steps; at most 2000 (use a coarser step)")
+        # A horizon is a whole number of steps (rounded up) and at most MAX_HORIZON of
+        # them; the answer's "horizon" says how many were forecast.
+        steps = min(MAX_HORIZON, -(-horizon_ms // step))
         levels = self.levels()
         series, p, end = await self.series(metric, step, history_ms, "history")
         key = (
@@ -260,7 +260,7 @@ class AnomaliesHandler(AnalyticsHandler):
             WINDOW,
             ANALYTICS_STEP,
             Number("threshold", "Robust sigmas (2-20), default 4", lo=2, hi=20),
-            *FILTER_PARAMS,
+            FILTER_ONLY,
         )
     }
 
@@ -308,7 +308,7 @@ class PredictionsHandler(AnalyticsHandler):
                 exclusive_lo=True,
                 exclusive_hi=True,
             ),
-            *FILTER_PARAMS,
+            FILTER_ONLY,
         )
     }
 

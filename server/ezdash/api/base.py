@@ -37,10 +37,19 @@ from ..security.apikeys import digest, looks_like_jwt
 from ..security.ratelimit import Budget, budget_for
 from ..security.tokens import TokenError
 from ..store.availability import redis_unavailable
-from ..store.paging import CursorError
 from ..timeutil import parse_time
 from .errors import Problem, invalid, not_found, problem_for
-from .params import ACCESS_TOKEN, IDEMPOTENCY_KEY, LIMIT, Header, Invalid, Param, PathId
+from .params import (
+    ACCESS_TOKEN,
+    IDEMPOTENCY_KEY,
+    LIMIT,
+    Group,
+    Header,
+    Invalid,
+    Param,
+    PathId,
+    members,
+)
 from .services import Services
 
 log = logging.getLogger("ezdash.api")
@@ -79,7 +88,7 @@ class APIHandler(RequestHandler):
 
     scopes: dict[str, str | None] = {}
     actions: dict[str, str] = {}
-    query: dict[str, tuple[Param, ...]] = {}
+    query: dict[str, tuple[Param | Group, ...]] = {}
     """Query parameters each method takes (see ``params``); anything else is 400."""
     path: tuple[PathId, ...] = ()
     """What each captured path segment of the route must look like (else 404)."""
@@ -508,7 +517,7 @@ class APIHandler(RequestHandler):
         (``query``, ``path``): unknown or repeated parameters are 400, a bad value 422
         naming it (a typo must not silently widen a filter), a malformed id 404."""
         method = self.request.method or "GET"
-        declared = {p.name: p for p in self.query.get(method, ())}
+        declared = {p.name: p for p in members(self.query.get(method, ()))}
         if self.query_token:
             declared.setdefault(ACCESS_TOKEN.name, ACCESS_TOKEN)
         args: dict[str, Any] = {}
@@ -523,11 +532,13 @@ class APIHandler(RequestHandler):
                 raw = values[0].decode("utf-8")
             except UnicodeDecodeError:
                 raise invalid(name, "is not UTF-8", 400) from None
+            if len(raw) > max(param.max_chars, getattr(param, "max_len", 0)):
+                raise invalid(name, "is too long", param.status)
             try:
                 args[name] = param.parse(raw)
             except Invalid as e:
                 raise invalid(name, str(e), param.status) from None
-        for param in self.query.get(method, ()):
+        for param in members(self.query.get(method, ())):
             if param.required and param.name not in args:
                 raise invalid(param.name, "is required")
         for header in self.headers_in.get(method, ()):
@@ -616,10 +627,6 @@ class APIHandler(RequestHandler):
         """The Idempotency-Key header, checked in read_args (IDEMPOTENCY_KEY)."""
         value: str | None = self.args.get(IDEMPOTENCY_KEY.name)
         return value
-
-
-def cursor_problem(e: CursorError) -> Problem:
-    return invalid("cursor", str(e), 400)
 
 
 ANONYMOUS = Principal("anonymous")

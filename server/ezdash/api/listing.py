@@ -17,7 +17,21 @@ from typing import Any
 
 from ..store.logs import is_stream_id
 from ..store.paging import CursorError, decode_cursor, encode_cursor
-from .base import APIHandler, cursor_problem
+from .base import APIHandler
+from .errors import Problem
+
+
+def cursor_problem(e: CursorError) -> Problem:
+    """A cursor in the right form that names no page of this list (made by another
+    server, for other filters, or tampered with): like an unknown id, 404. A cursor in
+    the wrong form is refused earlier, 400 (``params.CURSOR``)."""
+    return Problem(
+        404,
+        f"cursor: {e}; start again from the first page",
+        type="unknown-cursor",
+        errors=[{"field": "cursor", "message": str(e)}],
+    )
+
 
 PAGING = ("cursor", "limit")
 """What a cursor is not bound to: a client may change the page size between pages."""

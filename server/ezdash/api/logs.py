@@ -77,7 +77,8 @@ class LogsHandler(APIHandler):
         end = self.q_time("to", now)
         end = now + 1 if end is None else end
         start = end - DAY if start is None else start
-        return max(0, start), max(0, start, end)
+        start = max(0, start)
+        return start, max(start + 1, end)  # a to before from: an empty range
 
 
 class SearchHandler(LogsHandler):

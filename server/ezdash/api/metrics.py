@@ -9,7 +9,16 @@ import orjson
 from ..metrics.events import validate_batch
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
-from ..metrics.query import GROUP_DIMS, Plan, QueryError, envelope, percentiles, plan, ratio
+from ..metrics.query import (
+    GROUP_DIMS,
+    Plan,
+    QueryError,
+    envelope,
+    percentiles,
+    plan,
+    ratio,
+    supported,
+)
 from ..metrics.recorder import Batch, BatchMismatch, write_batch
 from ..store.tasks import fingerprint
 from .base import APIHandler
@@ -23,6 +32,7 @@ from .params import (
     WHOLE_SECONDS,
     Choice,
     Duration,
+    Group,
     Param,
     Text,
 )
@@ -51,7 +61,27 @@ STEP = Duration(
     pattern=WHOLE_SECONDS,
     hint="must be a whole number of seconds, e.g. 60s, 5m, 1h",
 )
-METRICS_QUERY = (FROM, TO, STEP, GROUP_BY, *FILTER_PARAMS)
+
+
+def _slice_ok(args: dict[str, str]) -> bool:
+    return supported(args.get("group_by", "none"), {f: args[f] for f in FILTERS if f in args})
+
+
+SLICE = Group(
+    "slice",
+    "How to split and narrow the fleet: group_by and the filters agent, model, kind and "
+    "queue, in the combinations the rollups keep (one filter; agent with model or kind; "
+    "with group_by, a filter on the same dimension, or agent/model and agent/kind pairs)",
+    (GROUP_BY, *FILTER_PARAMS),
+    _slice_ok,
+)
+FILTER_ONLY = Group(
+    "filters",
+    "Narrow the fleet: agent, model, kind or queue, one at a time or agent with model or kind",
+    FILTER_PARAMS,
+    _slice_ok,
+)
+METRICS_QUERY: tuple[Param | Group, ...] = (FROM, TO, STEP, SLICE)
 TOKEN_COUNTERS = (
     "input_tokens",
     "output_tokens",

@@ -10,7 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from .models import SCHEMAS
-from .params import ACCESS_TOKEN
+from .params import ACCESS_TOKEN, CURSOR, members
 
 REF = "#/components/schemas/{model}"
 
@@ -86,6 +86,14 @@ def _attach_parameters(paths: dict[str, Any]) -> None:
                 *(p.openapi() for p in query),
                 *(h.openapi() for h in cls.headers_in.get(method, ())),
             ]
+            answers = op["responses"]
+            if cls.path or CURSOR in members(tuple(query)):
+                answers.setdefault("404", _problem("No such resource, or a cursor for no page"))
+            if cls.scopes[method] is not None:  # everything but the open probes needs Redis
+                answers.setdefault("503", _problem("Redis is unavailable; see Retry-After"))
+            if method in ("POST", "PUT", "PATCH"):
+                answers.setdefault("413", _problem("Body over the limit"))
+                answers.setdefault("415", _problem("Body is not application/json"))
 
 
 @cache

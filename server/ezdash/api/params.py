@@ -15,7 +15,9 @@ Tornado's ``get_query_argument`` does), so what is checked is what was sent.
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,12 +26,15 @@ from ..timeutil import parse_duration, parse_time
 
 AGENT_ID_PATTERN = AGENT_ID.pattern
 SERVER_ID_BODY = "[0-9A-HJKMNP-TV-Z]{26}"
-RELATIVE_TIME = r"^now(-(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)(ms|s|m|h|d|w))?$"
-UNIX_TIME = r"^\d{9,11}(\.\d+)?$"
-POSITIVE_DURATION = r"^(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)(ms|s|m|h|d|w)?$"
-WHOLE_SECONDS = r"^\d*[1-9]\d*(s|m|h|d|w)?$"
-WHOLE_HOURS = r"^\d*[1-9]\d*(h|d|w)$"
-PERCENT = r"([1-9][0-9]?(\.[0-9]+)?|0?\.[0-9]*[1-9][0-9]*)"
+POSITIVE = r"(0*[1-9][0-9]*(\.[0-9]+)?|0*\.0*[1-9][0-9]*)"
+"""A positive decimal, written so that no two ways match the same text: a pattern
+that can match a run of digits in many ways takes seconds on a long one (ReDoS)."""
+RELATIVE_TIME = rf"^now(-{POSITIVE}(ms|s|m|h|d|w))?$"
+UNIX_TIME = r"^[0-9]{9,11}(\.[0-9]+)?$"
+POSITIVE_DURATION = rf"^{POSITIVE}(ms|s|m|h|d|w)?$"
+WHOLE_SECONDS = r"^0*[1-9][0-9]*(s|m|h|d|w)?$"
+WHOLE_HOURS = r"^0*[1-9][0-9]*(h|d|w)$"
+PERCENT = r"([1-9][0-9]?(\.[0-9]+)?|0?\.0*[1-9][0-9]*)"
 """A number strictly between 0 and 100, as text."""
 ENTRY_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
 PRINTABLE = r"^[!-~]([ -~]{0,253}[!-~])?$"
@@ -52,6 +57,8 @@ class Param:
     description: str
     status: ClassVar[int] = 422
     where: ClassVar[str] = "query"
+    max_chars: ClassVar[int] = 256
+    """Longer values are refused before any pattern runs (see POSITIVE)."""
     required: bool = field(default=False, kw_only=True)
 
     def schema(self) -> dict[str, Any]:
@@ -112,6 +119,7 @@ class Integer(Param):
     lo: int = 0
     hi: int = 1 << 31
     default: int | None = None
+    max_chars: ClassVar[int] = 20
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "integer", "minimum": self.lo, "maximum": self.hi}
@@ -134,6 +142,7 @@ class Number(Param):
     hi: float = 1e9
     exclusive_lo: bool = False
     exclusive_hi: bool = False
+    max_chars: ClassVar[int] = 64
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "number"}
@@ -170,9 +179,12 @@ class Time(Param):
     handler knows the time (relative times need Redis's clock): ``parse`` only
     checks the form and returns the text."""
 
+    max_chars: ClassVar[int] = 64
+
     def schema(self) -> dict[str, Any]:
         return {
             "type": "string",
+            "maxLength": self.max_chars,
             "anyOf": [
                 {"format": "date-time"},
                 {"pattern": UNIX_TIME},
@@ -201,9 +213,10 @@ class Duration(Param):
 
     pattern: str = POSITIVE_DURATION
     hint: str = "not a duration: use e.g. 30s, 5m, 1h, 7d"
+    max_chars: ClassVar[int] = 32
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "string", "pattern": self.pattern}
+        return {"type": "string", "maxLength": self.max_chars, "pattern": self.pattern}
 
     def parse(self, raw: str) -> float:
         if re.search(self.pattern, raw) is None:
@@ -217,6 +230,7 @@ class Cursor(Param):
 
     status: ClassVar[int] = 400
     pattern: str = r"^[A-Za-z0-9_-]{1,512}$"
+    max_chars: ClassVar[int] = 512
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "pattern": self.pattern}
@@ -231,8 +245,14 @@ class Cursor(Param):
 class Percentages(Param):
     """One to four percentages strictly between 0 and 100, comma-separated."""
 
+    max_chars: ClassVar[int] = 64
+
     def schema(self) -> dict[str, Any]:
-        return {"type": "string", "pattern": f"^{PERCENT}(,{PERCENT}){{0,3}}$"}
+        return {
+            "type": "string",
+            "maxLength": self.max_chars,
+            "pattern": f"^{PERCENT}(,{PERCENT}){{0,3}}$",
+        }
 
     def parse(self, raw: str) -> tuple[float, ...]:
         if re.search(self.schema()["pattern"], raw) is None:
@@ -244,8 +264,14 @@ class Percentages(Param):
 class Since(Param):
     """Where a stream resumes: an entry id it sent, or a time (as ``Time``)."""
 
+    max_chars: ClassVar[int] = 64
+
     def schema(self) -> dict[str, Any]:
-        return {"type": "string", "anyOf": [{"pattern": ENTRY_ID}, *TIME.schema()["anyOf"]]}
+        return {
+            "type": "string",
+            "maxLength": self.max_chars,
+            "anyOf": [{"pattern": ENTRY_ID}, *TIME.schema()["anyOf"]],
+        }
 
     def parse(self, raw: str) -> tuple[str, str]:
         """("id", entry id) or ("time", text for parse_time)."""
@@ -263,6 +289,62 @@ class Header(Text):
 
     status: ClassVar[int] = 400
     where: ClassVar[str] = "header"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Query parameters accepted only in some combinations: the rollups keep some
+    combinations of dimensions, not every one, so ``group_by=queue&agent=a`` has no
+    answer. On the wire they are separate parameters; the document describes them as
+    one exploded object whose schema lists the combinations ``accepts`` admits, found
+    by asking it about every combination, so the rule is written once (the planner)."""
+
+    name: str
+    description: str
+    members: tuple[Param, ...]
+    accepts: Callable[[dict[str, str]], bool]
+
+    def openapi(self) -> dict[str, Any]:
+        choices = [m for m in self.members if isinstance(m, Choice)]
+        free = [m.name for m in self.members if not isinstance(m, Choice)]
+        schemas = {m.name: m.schema() for m in self.members}
+        shapes: list[dict[str, Any]] = []
+        for fixed in itertools.product(*([None, *c.values] for c in choices)):
+            chosen = {c.name: v for c, v in zip(choices, fixed, strict=True) if v is not None}
+            for n in range(len(free) + 1):
+                for present in itertools.combinations(free, n):
+                    if self.accepts({**chosen, **dict.fromkeys(present, "x")}):
+                        shapes.append(_shape(chosen, set(present), schemas))
+        return {
+            "name": self.name,
+            "in": "query",
+            "style": "form",
+            "explode": True,
+            "required": False,
+            "description": self.description,
+            "schema": {"type": "object", "anyOf": shapes},
+        }
+
+
+def _shape(chosen: dict[str, str], present: set[str], schemas: dict[str, Any]) -> dict[str, Any]:
+    """One accepted combination as a closed object: these values, these present,
+    nothing else (a generator picks a branch and fills it in; no filtering)."""
+    props = {k: {"const": v} for k, v in chosen.items()}
+    props.update({k: schemas[k] for k in present})
+    return {
+        "type": "object",
+        "properties": props,
+        "required": sorted(props),
+        "additionalProperties": False,
+    }
+
+
+def members(params: tuple[Param | Group, ...]) -> tuple[Param, ...]:
+    """The parameters on the wire: groups flattened."""
+    out: list[Param] = []
+    for p in params:
+        out.extend(p.members if isinstance(p, Group) else (p,))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,15 @@ def _tier_for(tiers: Sequence[Tier], step_ms: int, start_ms: int, now_ms: int) -
     return ok[-1] if ok else None  # the coarsest that fits
 
 
+def supported(group_by: str, filters: dict[str, str]) -> bool:
+    """Whether the rollups answer this grouping with these filters (see ``_groups``)."""
+    try:
+        _groups(group_by, filters)
+    except QueryError:
+        return False
+    return True
+
+
 def _groups(
     group_by: str, f: dict[str, str]
 ) -> tuple[str, tuple[str, ...] | None, str | None, int | None, str | None]:
