@@ -9,7 +9,21 @@ from functools import lru_cache
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)(ms|s|m|h|d|w))?$")
+
+# The grammar of a time, written once: the API's parameters and documents, log
+# ingest and the loader all take exactly these forms.
+POSITIVE = r"(0*[1-9][0-9]{0,6}(\.[0-9]{1,9})?|0*\.0*[1-9][0-9]{0,8})"
+"""A positive decimal of at most seven integer digits, written so that no two ways
+match the same text: a pattern that can match a run of digits in many ways takes
+seconds on a long one (ReDoS), and a duration of 10^30 days overflows what it feeds."""
+RELATIVE_TIME = rf"^now(-{POSITIVE}(ms|s|m|h|d|w))?$"
+UNIX_TIME = r"^[0-9]{9,11}(\.[0-9]+)?$"
+RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+TIME_HINT = "not a time: use RFC 3339 (2026-11-28T09:15:02Z), unix seconds or now-24h"
+_RELATIVE = re.compile(RELATIVE_TIME)
 
 
 def now_ms() -> int:
@@ -53,26 +67,25 @@ def format_ms(ms: int | float | None) -> str | None:
 
 
 def parse_time(text: str, *, now: int | None = None) -> int:
-    """Milliseconds from RFC 3339, unix seconds, or ``now``/``now-24h``.
+    """Milliseconds from RFC 3339 with a zone, unix seconds, or ``now``/``now-24h``.
 
     Naive timestamps are refused: a dashboard that guesses the zone shows the
     wrong day to half its users.
     """
-    text = text.strip()
     current = now_ms() if now is None else now
     rel = _RELATIVE.match(text)
     if rel:
         if rel.group(1) is None:
             return current
-        return current - int(float(rel.group(1)) * _UNITS[rel.group(2)] * 1000)
-    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        # groups: 1 the "-..." part, 2 the number, 4 the unit (ECMA-compatible pattern,
+        # shared with the OpenAPI document, so no named groups)
+        return current - int(float(rel.group(2)) * _UNITS[rel.group(4)] * 1000)
+    if re.fullmatch(UNIX_TIME, text):
         return int(float(text) * 1000)
+    if not re.fullmatch(RFC3339, text):
+        raise ValueError(TIME_HINT)
     try:
-        dt = datetime.fromisoformat(text.replace("z", "Z"))
+        dt = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
     except ValueError:
-        raise ValueError(
-            "not a time: use RFC 3339 (2026-11-28T09:15:02Z), unix seconds or now-24h"
-        ) from None
-    if dt.tzinfo is None:
-        raise ValueError("time needs a zone offset or Z")
+        raise ValueError(f"{TIME_HINT} (no such date or time)") from None
     return int(dt.astimezone(UTC).timestamp() * 1000)

@@ -39,6 +39,7 @@ from ..security.tokens import TokenError
 from ..store.availability import redis_unavailable
 from ..timeutil import parse_time
 from .errors import Problem, invalid, not_found, problem_for
+from .models import UNION_TAGS
 from .params import (
     ACCESS_TOKEN,
     IDEMPOTENCY_KEY,
@@ -500,7 +501,7 @@ class APIHandler(RequestHandler):
             return model.model_validate(data)
         except ValidationError as e:
             errors = [
-                {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+                {"field": field_path(err), "message": err["msg"]}
                 for err in e.errors(include_url=False)
             ]
             names = ", ".join(x["field"] for x in errors)
@@ -630,6 +631,21 @@ class APIHandler(RequestHandler):
 
 
 ANONYMOUS = Principal("anonymous")
+
+
+def field_path(err: Any) -> str:
+    """``rules.0.threshold`` for an error pydantic places at ``rules.0.error_rate.threshold``:
+    a tagged union (one model per alert kind) puts the tag in the path, which names no
+    field the client sent; a bad or missing tag is reported on the tag's own field."""
+    loc = list(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append(str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
+    parts = [
+        str(p)
+        for i, p in enumerate(loc)
+        if not (i > 0 and isinstance(loc[i - 1], int) and isinstance(p, str) and p in UNION_TAGS)
+    ]
+    return ".".join(parts) or "body"
 
 
 class NotFoundHandler(APIHandler):

@@ -3,13 +3,14 @@ OpenAPI document is generated from them, so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..invariants import ALERT_WINDOW_MIN_S
 from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
-from ..timeutil import parse_duration
+from ..metrics.events import UsageEvent
+from ..store.logs import ALIASES, LEVELS
+from ..timeutil import RELATIVE_TIME, UNIX_TIME
 
 QUEUE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TYPE_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
@@ -274,58 +275,35 @@ class AlertFilters(Strict):
     queue: str | None = Field(None, pattern=QUEUE_PATTERN)
 
 
+MINUTES_WINDOW = r"(0*([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440))m"
+HOURS_WINDOW = r"(0*([1-9]|1[0-9]|2[0-4]))h"
+RULE_WINDOW = rf"^({MINUTES_WINDOW}|{HOURS_WINDOW})$"
+"""Whole minutes or hours from 1m to 24h (a pattern, so the document states it)."""
+
+
 class AlertRuleFields(Strict):
     """Every field of a rule but its webhook, which is shown otherwise than it is PUT."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     name: str = Field("", max_length=200)
     kind: Literal["error_rate", "latency_p95", "agent_unresponsive", "queue_age", "cost_burn"]
-    threshold: float | None = Field(None, validate_default=True)
+    threshold: float | None = None
     window: str = Field(
-        "5m", description="error_rate, latency_p95, cost_burn: e.g. 5m, 1h", validate_default=True
+        "5m",
+        pattern=RULE_WINDOW,
+        description="error_rate, latency_p95: whole minutes or hours, 1m to 24h",
     )
     filters: AlertFilters = Field(default_factory=AlertFilters)
     min_requests: int = Field(10, ge=1, le=1_000_000, description="error_rate only")
     enabled: bool = True
-
-    @field_validator("threshold")
-    @classmethod
-    def _threshold_fits_kind(cls, value: float | None, info: ValidationInfo) -> float | None:
-        kind = info.data.get("kind")
-        bounds = {
-            "error_rate": (0.0, 1.0),
-            "latency_p95": (0.0, 3_600_000.0),
-            "queue_age": (0.0, 30 * 86_400.0),
-        }
-        if kind in bounds:
-            lo, hi = bounds[kind]
-            if value is None or not lo < value <= hi:
-                raise ValueError(f"{kind} needs a threshold in ({lo:g}, {hi:g}]")
-        if kind == "cost_burn" and value is not None and not 50 <= value < 100:
-            raise ValueError("cost_burn takes an interval level from 50 to 99.9 (percent)")
-        if kind == "agent_unresponsive" and value is not None:
-            raise ValueError("agent_unresponsive takes no threshold")
-        return value
-
-    @field_validator("window")
-    @classmethod
-    def _window_fits_kind(cls, value: str, info: ValidationInfo) -> str:
-        try:
-            seconds = parse_duration(value)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-        if not ALERT_WINDOW_MIN_S <= seconds <= 86_400 or seconds % 60:
-            raise ValueError("whole minutes from 1m to 24h")
-        if info.data.get("kind") == "cost_burn" and seconds % 3600:
-            raise ValueError("cost_burn compares whole hours (1h, 2h, ...)")
-        return value
 
 
 class AlertRule(AlertRuleFields):
     """One rule. ``threshold`` means: error_rate a fraction (0-1] of requests;
     latency_p95 milliseconds; queue_age seconds of the oldest waiting task;
     cost_burn the interval level in percent (default 95) that spend over the window
-    must exceed; agent_unresponsive takes none."""
+    must exceed; agent_unresponsive takes none. Each kind is its own model below, so
+    what each accepts is stated in the document, not only checked."""
 
     webhook: Webhook | None = None
 
@@ -333,6 +311,46 @@ class AlertRule(AlertRuleFields):
         """What is kept of the rule: ``signed`` is never stored, it is derived from
         the secret whenever the rule is shown."""
         return self.model_dump(mode="json", exclude={"webhook": {"signed"}})
+
+
+class ErrorRateRule(AlertRule):
+    kind: Literal["error_rate"]
+    threshold: float = Field(gt=0, le=1, description="Fraction of requests that failed")
+
+
+class LatencyRule(AlertRule):
+    kind: Literal["latency_p95"]
+    threshold: float = Field(gt=0, le=3_600_000, description="p95 latency, milliseconds")
+
+
+class UnresponsiveRule(AlertRule):
+    kind: Literal["agent_unresponsive"]
+    threshold: None = Field(None, description="Takes none")
+
+
+class QueueAgeRule(AlertRule):
+    kind: Literal["queue_age"]
+    threshold: float = Field(
+        gt=0, le=30 * 86_400, description="Age of the oldest waiting task, seconds"
+    )
+
+
+class CostBurnRule(AlertRule):
+    kind: Literal["cost_burn"]
+    threshold: float | None = Field(
+        None, ge=50, lt=100, description="Interval level in percent, default 95"
+    )
+    window: str = Field(
+        "1h", pattern=f"^{HOURS_WINDOW}$", description="Whole hours, 1h to 24h"
+    )
+
+
+UNION_TAGS = frozenset(ALERT_KINDS)
+"""Tags of the tagged unions in request bodies (see base.field_path)."""
+AnyRule = Annotated[
+    ErrorRateRule | LatencyRule | UnresponsiveRule | QueueAgeRule | CostBurnRule,
+    Field(discriminator="kind"),
+]
 
 
 class AlertRuleView(AlertRuleFields):
@@ -354,7 +372,7 @@ class AlertRulesAnswer(BaseModel):
 class AlertRules(Strict):
     """Body of PUT /api/alerts/rules: the whole set, replacing the previous one."""
 
-    rules: list[AlertRule] = Field(max_length=200)
+    rules: list[AnyRule] = Field(max_length=200)
 
     @field_validator("rules")
     @classmethod
@@ -409,14 +427,35 @@ class LogPage(BaseModel):
 
 
 class LogEntryIn(BaseModel):
-    """One entry for POST /api/ingest/logs (validated by ezdash.store.logs.validate)."""
+    """One entry for POST /api/ingest/logs (validated by ezdash.store.logs.validate;
+    this model only describes it, field for field)."""
 
-    ts: float | str | None = Field(None, description="Unix seconds or RFC 3339; default now")
+    model_config = ConfigDict(extra="forbid")
+
+    ts: float | str | None = Field(
+        None,
+        description="Unix seconds (or milliseconds, from 1e11), or a time as in queries "
+        "(RFC 3339 with a zone, now-5m); default now; at most 5 minutes ahead",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {
+                    "type": "string",
+                    "anyOf": [
+                        {"format": "date-time"},
+                        {"pattern": UNIX_TIME},
+                        {"pattern": RELATIVE_TIME},
+                    ],
+                },
+                {"type": "null"},
+            ]
+        },
+    )
     agent_id: str = Field(min_length=1, max_length=128)
     task_id: str | None = Field(None, min_length=1, max_length=128)
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    level: str = Field("info", json_schema_extra={"enum": [*LEVELS, *ALIASES]})
     message: str = Field(min_length=1, max_length=8192)
-    fields: dict[str, Any] = Field(default_factory=dict)
+    fields: dict[str, Any] | None = Field(None, description="At most 16 KiB as JSON")
 
 
 class MetricsStats(BaseModel):
@@ -565,14 +604,11 @@ class Problem(BaseModel):
 SCHEMAS: tuple[type[BaseModel], ...] = (
     Live,
     AlertRule,
-    AlertRules,
     AlertRulesAnswer,
     Alert,
     AlertsAnswer,
     LogEntry,
     LogPage,
-    LogEntryIn,
-    TaskCreate,
     Task,
     TaskWithHistory,
     Agent,
@@ -588,7 +624,6 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     Health,
     Ready,
     Problem,
-    KeyCreate,
     ApiKey,
     ApiKeyCreated,
     KeyPage,
@@ -605,3 +640,7 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     SummaryAnswer,
     HistoryAnswer,
 )
+
+
+INPUTS: tuple[type[BaseModel], ...] = (TaskCreate, KeyCreate, AlertRules, LogEntryIn, UsageEvent)
+"""Request bodies, documented as they are validated (``SCHEMAS`` as they are sent)."""

@@ -9,8 +9,9 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from .models import SCHEMAS
-from .params import ACCESS_TOKEN, CURSOR, members
+from ..settings import Settings
+from .models import INPUTS, SCHEMAS
+from .params import ACCESS_TOKEN, CURSOR, STREAM_ID, members
 
 REF = "#/components/schemas/{model}"
 
@@ -43,7 +44,7 @@ def _op(
     summary: str,
     scope: str | None,
     responses: dict[str, Any],
-    body: str | None = None,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One operation; its parameters are filled in from its handler (see below)."""
     op: dict[str, Any] = {
@@ -57,7 +58,7 @@ def _op(
     if body:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(body)}},
+            "content": {"application/json": {"schema": body}},
         }
     return op
 
@@ -98,8 +99,28 @@ def _attach_parameters(paths: dict[str, Any]) -> None:
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    _, defs = models_json_schema([(m, "serialization") for m in SCHEMAS], ref_template=REF)
+    refs, defs = models_json_schema(
+        [*((m, "serialization") for m in SCHEMAS), *((m, "validation") for m in INPUTS)],
+        ref_template=REF,
+    )
     schemas = defs.get("$defs", {})
+    bodies = {m.__name__: refs[(m, "validation")] for m in INPUTS}
+
+    def batch(model: str, name: str) -> dict[str, Any]:
+        """An ingest body: a JSON array of items, or {name: [...]}."""
+        items = {
+            "type": "array",
+            "items": bodies[model],
+            "minItems": 1,
+            "maxItems": Settings.model_fields["ingest_max_events"].default,
+        }
+        wrapped = {
+            "type": "object",
+            "properties": {name: items},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        return {"oneOf": [items, wrapped]}
 
     def metrics_op(summary: str) -> dict[str, Any]:
         return {"get": _op(summary, "read", {"200": _ok(_ref("MetricsAnswer"))})}
@@ -178,7 +199,7 @@ def openapi_document() -> dict[str, Any]:
                     "201": _ok(_ref("TaskEnvelope"), "Created; Location names it"),
                     "413": _problem("Body or payload too large"),
                 },
-                body="TaskCreate",
+                body=bodies["TaskCreate"],
             ),
         },
         "/api/tasks/{task_id}": {
@@ -231,6 +252,7 @@ def openapi_document() -> dict[str, Any]:
                 'Usage events (a JSON array or {"events": [...]}); all or nothing',
                 "write",
                 {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many events")},
+                body=batch("UsageEvent", "events"),
             )
         },
         "/api/ingest/logs": {
@@ -238,6 +260,7 @@ def openapi_document() -> dict[str, Any]:
                 'Log entries (a JSON array of LogEntryIn or {"entries": [...]}); all or nothing',
                 "write",
                 {"202": _ok(_ref("Accepted"), "Accepted"), "413": _problem("Too many entries")},
+                body=batch("LogEntryIn", "entries"),
             )
         },
         "/api/logs/search": {
@@ -272,8 +295,26 @@ def openapi_document() -> dict[str, Any]:
                 "read",
                 {
                     "200": {
-                        "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "description": "An event stream: one event per log entry",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "object",
+                                    "description": "One event (comments are not events)",
+                                    "required": ["id", "event", "data"],
+                                    "properties": {
+                                        "id": {"type": "string", "pattern": STREAM_ID},
+                                        "event": {"const": "log"},
+                                        "data": {
+                                            "type": "string",
+                                            "contentMediaType": "application/json",
+                                            "contentSchema": _ref("LogEntry"),
+                                        },
+                                        "retry": {"type": "integer"},
+                                    },
+                                }
+                            }
+                        },
                     }
                 },
             )
@@ -296,7 +337,7 @@ def openapi_document() -> dict[str, Any]:
                 "when id and URL are unchanged)",
                 "admin",
                 {"200": _ok(_ref("AlertRulesAnswer"))},
-                body="AlertRules",
+                body=bodies["AlertRules"],
             ),
         },
         "/api/ws": {
@@ -306,7 +347,10 @@ def openapi_document() -> dict[str, Any]:
                 "task.updated, queue.status, error, log, pong, resync or problem. A client "
                 "too slow to keep up gets resync and close code 1013",
                 "read",
-                {"101": {"description": "Switching Protocols"}},
+                {
+                    "101": {"description": "Switching Protocols"},
+                    "426": _problem("Not a WebSocket upgrade request"),
+                },
             )
         },
         "/metrics": {
@@ -386,7 +430,7 @@ def openapi_document() -> dict[str, Any]:
                 "Create an API key; the key is in this answer only",
                 "admin",
                 {"201": _ok(_ref("ApiKeyCreated"), "Created")},
-                body="KeyCreate",
+                body=bodies["KeyCreate"],
             ),
         },
         "/api/auth/keys/{key_id}": {

@@ -32,6 +32,7 @@ from ..store.logs import LogFilter, is_stream_id, public, stream_id
 from ..store.tail import StreamTail, read_after
 from ..timeutil import format_ms, parse_time
 from .base import APIHandler
+from .errors import Problem
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,16 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
     async def prepare(self) -> None:
         await super().prepare()
         await self.settle()  # no speculative upgrade: the check must pass first
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise Problem(
+                426,
+                "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+                type="upgrade-required",
+                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
+        await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
         """Browsers on the configured origins (EZ_CORS_ORIGINS) and same-host pages;

@@ -116,7 +116,29 @@ LatencyMs = Annotated[float, BeforeValidator(_latency), Field(ge=0, le=86_400_00
 class UsageEvent(BaseModel):
     """One LLM call as reported by an agent (``POST /api/ingest/usage``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        # For the document: error_type goes with status (see _error_type_matches_status).
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "properties": {
+                        "status": {"const": "ok"},
+                        "error_type": {"anyOf": [{"const": ""}, {"type": "null"}]},
+                    }
+                },
+                {
+                    "properties": {
+                        "status": {"const": "error"},
+                        "error_type": {"type": "string", "pattern": _ERROR_TYPE.pattern},
+                    },
+                    "required": ["error_type"],
+                },
+            ]
+        },
+    )
 
     ts: TimestampMs
     agent_id: str = Field(pattern=AGENT_ID.pattern)

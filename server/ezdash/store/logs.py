@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from ..keys import Keys
 from ..metrics.recorder import BatchMismatch
-from ..timeutil import format_ms
+from ..timeutil import format_ms, parse_time
 from .scripts import Scripts
 from .tail import StreamTail, read_after
 
@@ -75,9 +75,10 @@ def validate(raw: Any, now_ms: int) -> tuple[Doc | None, list[dict[str, str]]]:
     task = raw.get("task_id")
     if task is not None and (not isinstance(task, str) or not 1 <= len(task) <= MAX_ID_CHARS):
         errors.append({"field": "task_id", "message": "a task id (1-128 characters) or null"})
-    level = level_name(raw.get("level", "info"))
-    if level is None:
-        errors.append({"field": "level", "message": f"one of {', '.join(LEVELS)}"})
+    given = raw.get("level", "info")
+    level = ALIASES.get(given, given) if isinstance(given, str) else None
+    if level not in RANK:  # exactly as documented: no case folding, no spaces
+        errors.append({"field": "level", "message": f"one of {', '.join((*LEVELS, *ALIASES))}"})
     message = raw.get("message")
     if not isinstance(message, str) or not message:
         errors.append({"field": "message", "message": "required, a non-empty string"})
@@ -113,8 +114,6 @@ def _timestamp(value: Any, now_ms: int) -> int | None:
             return None
         ms = int(value * 1000) if value < 1e11 else int(value)  # seconds or milliseconds
     elif isinstance(value, str):
-        from ..timeutil import parse_time
-
         try:
             ms = parse_time(value, now=now_ms)
         except ValueError:
