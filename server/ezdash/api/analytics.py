@@ -20,7 +20,7 @@ from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan, stats
 from ..timeutil import format_ms, parse_duration
 from .alerting import alerts_view
-from .errors import invalid
+from .errors import Problem, invalid
 from .metrics import FILTER_ONLY, METRICS_QUERY, SLICE, MetricsHandler
 from .params import WHOLE_HOURS, WHOLE_SECONDS, Choice, Duration, Number, Percentages
 
@@ -96,9 +96,12 @@ class AnalyticsHandler(MetricsHandler):
             raise invalid(name, str(e)) from None
 
     def step_ms(self) -> int:
+        """The fitted series' step: at most half the longest retention (a model needs
+        two points); the answer says the step used."""
         seconds = self.q_duration("step", 3600.0)
         assert seconds is not None
-        return int(seconds * 1000)
+        longest = self.services.tiers[-1].retention_ms // 2 // DAY * DAY
+        return min(int(seconds * 1000), longest)
 
     async def series(
         self, metric: str, step: int, span_ms: int, span_field: str
@@ -107,6 +110,7 @@ class AnalyticsHandler(MetricsHandler):
         counts zero-filled, rates and percentiles NaN where there was no data."""
         svc = self.services
         now = await svc.redis_now_ms()
+        span_ms = max(span_ms, 2 * step)  # a model needs two points at least
         end = now // step * step  # complete buckets only
         p = self.plan_for(
             start=end - span_ms,
@@ -124,6 +128,14 @@ class AnalyticsHandler(MetricsHandler):
         try:
             return await self.services.pool.run(fn, *args)
         except jobs.JobInputError as e:
+            if e.field == "series":
+                # The request is fine; the data in its range cannot be fitted (a rate or
+                # percentile with no calls in it): the state of the store, not the input.
+                raise Problem(
+                    409,
+                    f"not enough data in this range to fit: {e.message}",
+                    type="not-enough-data",
+                ) from None
             raise invalid(e.field, e.message) from None
 
 
@@ -154,6 +166,10 @@ class TrendsHandler(AnalyticsHandler):
         started = time.perf_counter()
         metric = self.metric()
         window_ms, window = self.window("window", "7d")
+        # Two windows are compared: at most half of what is kept (the answer says).
+        longest = self.services.tiers[-1].retention_ms // 2 // HOUR * HOUR
+        if window_ms > longest:
+            window_ms, window = longest, fmt_step(longest)
         group_by = self.q_str("group_by") or "none"
         svc = self.services
         now = await svc.redis_now_ms()

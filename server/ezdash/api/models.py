@@ -340,9 +340,7 @@ class CostBurnRule(AlertRule):
     threshold: float | None = Field(
         None, ge=50, lt=100, description="Interval level in percent, default 95"
     )
-    window: str = Field(
-        "1h", pattern=f"^{HOURS_WINDOW}$", description="Whole hours, 1h to 24h"
-    )
+    window: str = Field("1h", pattern=f"^{HOURS_WINDOW}$", description="Whole hours, 1h to 24h")
 
 
 UNION_TAGS = frozenset(ALERT_KINDS)

@@ -393,28 +393,40 @@ def openapi_document() -> dict[str, Any]:
                 "Slope per day, change against the previous window, direction with p-value, "
                 "seasonality strength, per group",
                 "read",
-                {"200": _ok(_ref("TrendsAnswer"))},
+                {
+                    "200": _ok(_ref("TrendsAnswer")),
+                    "409": _problem("Not enough data in the range to fit"),
+                },
             )
         },
         "/api/analytics/forecast": {
             "get": _op(
                 "Forecast with prediction intervals and its backtest",
                 "read",
-                {"200": _ok(_ref("ForecastAnswer"))},
+                {
+                    "200": _ok(_ref("ForecastAnswer")),
+                    "409": _problem("Not enough data in the range to fit"),
+                },
             )
         },
         "/api/analytics/anomalies": {
             "get": _op(
                 "Points that break the learned pattern",
                 "read",
-                {"200": _ok(_ref("AnomaliesAnswer"))},
+                {
+                    "200": _ok(_ref("AnomaliesAnswer")),
+                    "409": _problem("Not enough data in the range to fit"),
+                },
             )
         },
         "/api/analytics/predictions": {
             "get": _op(
                 "Month-end cost with interval, budget run-out, drain ETA per queue",
                 "read",
-                {"200": _ok(_ref("PredictionsAnswer"))},
+                {
+                    "200": _ok(_ref("PredictionsAnswer")),
+                    "409": _problem("Not enough data in the range to fit"),
+                },
             )
         },
         "/api/auth/token": {

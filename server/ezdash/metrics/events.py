@@ -47,6 +47,8 @@ from pydantic_core import PydanticCustomError
 from ..ids import AGENT_ID
 
 FUTURE_SKEW_MS = 60_000
+MAX_UNIX_S = 1e11
+"""Unix seconds beyond this (the year 5138) are a unit mistake, not a time."""
 MAX_TOKENS = 1_000_000_000
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
@@ -76,8 +78,8 @@ def _timestamp_ms(value: Any) -> int:
         return (moment - _EPOCH) // _ONE_MS
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _refuse("expected an RFC 3339 time or unix seconds")
-    if not math.isfinite(value) or value < 0:
-        raise _refuse("unix seconds must be a finite, non-negative number")
+    if not math.isfinite(value) or not 0 <= value <= MAX_UNIX_S:
+        raise _refuse(f"unix seconds must be a number from 0 to {MAX_UNIX_S:g}")
     return round(value * 1000)
 
 
@@ -102,7 +104,10 @@ Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 # What agents send, for the OpenAPI document (the Python types are what they become).
 _TS_SCHEMA = WithJsonSchema(
     {
-        "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}],
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "number", "minimum": 0, "maximum": 1e11},
+        ],
         "description": "RFC 3339 with a zone, or unix seconds",
     },
     mode="validation",

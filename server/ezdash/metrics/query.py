@@ -226,6 +226,9 @@ class Reader:
                         arr[: len(data)] = data
                     parts.append(arr)
                 i += n_chunks
+                if not parts:  # an empty range reads no chunk
+                    out[(g, m)] = np.zeros(0, dtype=np.int64)
+                    continue
                 full = np.concatenate(parts)[b0 - chunks[0] * t.chunk : b1 - chunks[0] * t.chunk]
                 out[(g, m)] = full.reshape(p.buckets, p.factor).sum(axis=1)
         return out
