@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import random
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from tornado.web import Application, RequestHandler
 from tornado.websocket import websocket_connect
 
 from ezdash.api.alerting import evaluate_all, sign
+from ezdash.redis_server import free_port
 
 from .conftest import ADMIN_KEY, Api, Fleet, wait_for
 from .openapi_check import check_request, check_response
@@ -376,3 +378,33 @@ async def test_what_get_answers_put_takes_back_unchanged(api: Api, receiver: Rec
     kept = calls["kept"]
     assert kept["signature"] == sign(SECRET, kept["timestamp"], kept["body"])
     assert calls["claimed"]["signature"] is None
+
+
+@pytest.mark.parametrize("settings_overrides", [FAST_ALERTS])
+async def test_a_webhook_nobody_listens_on_is_recorded_not_raised(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    now = await api.services.redis_now_ms()
+    await api.post("/api/ingest/usage", json=usage(now, 20, latency=4000.0))
+    nobody = f"http://127.0.0.1:{free_port()}/hook"
+    await put_rules(
+        api,
+        [
+            {
+                "id": "slow",
+                "kind": "latency_p95",
+                "threshold": 1000,
+                "window": "10m",
+                "webhook": {"url": nobody},
+            }
+        ],
+    )
+
+    async def recorded() -> list[dict[str, Any]]:
+        alerts = await active(api)
+        return alerts[0]["deliveries"] if alerts and alerts[0]["deliveries"] else []
+
+    (delivery,) = await wait_for(recorded, 30, what="the delivery record")
+    assert delivery["status"] is None and "refused" in delivery["error"].lower()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

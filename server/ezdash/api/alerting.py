@@ -393,9 +393,13 @@ async def deliver(svc: Services, hook: dict[str, Any], doc: dict[str, Any], even
             request_timeout=s.webhook_timeout,
             follow_redirects=False,
         )
-        response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        status = response.code if response.code != 599 else None
-        error = None if status and 200 <= status < 300 else str(response.error or status)
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except Exception as e:  # refused, unresolvable, reset: the receiver's failure
+            status, error = None, f"{type(e).__name__}: {e}"
+        else:
+            status = response.code if response.code != 599 else None
+            error = None if status and 200 <= status < 300 else str(response.error or status)
         if error is None:
             break
         if attempt < s.webhook_attempts:

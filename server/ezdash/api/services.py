@@ -51,7 +51,9 @@ def make_redis(url: str, max_connections: int, *, decode: bool = True) -> Redis:
         max_connections=max_connections,
         timeout=REDIS_CONNECT_TIMEOUT_S * 5,
         decode_responses=decode,
-        health_check_interval=30,
+        # A connection idle this long is PINGed before use: after Redis restarts, the
+        # pool's stale connections reconnect instead of failing their next request.
+        health_check_interval=1,
         socket_keepalive=True,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
