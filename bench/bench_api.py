@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 
@@ -28,7 +29,7 @@ from .loadgen import LoadResult, load
 
 AGENTS = 1000
 AUTH = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
-ROUNDS = 3
+ROUNDS = int(os.environ.get("EZ_BENCH_ROUNDS", "3"))
 
 
 def agent_doc(i: int, rng: random.Random) -> dict[str, object]:
