@@ -122,6 +122,19 @@ class APIHandler(RequestHandler):
         self._finishing: asyncio.Future[None] | None = None
         self._received = 0
         self.args: dict[str, Any] = {}
+        self._digest: str | None = None  # of the API key presented, computed once
+        self._claims: Any = None  # of the JWT presented, verified once
+
+    def _key_digest(self, secret: str) -> str:
+        if self._digest is None:
+            self._digest = digest(self.services.secrets.key_secret, secret)
+        return self._digest
+
+    def _verified(self, token: str) -> Any:
+        """The JWT's claims (raises TokenError); verified once per request."""
+        if self._claims is None:
+            self._claims = self.services.tokens.verify(token)
+        return self._claims
 
     def _plausible(self) -> bool:
         """Speculate only for credentials that cannot be made up: a JWT whose signature
@@ -134,14 +147,13 @@ class APIHandler(RequestHandler):
         if credential is None or not self.services.settings.auth:
             return False
         kind, secret = credential
-        svc = self.services
         if kind == "jwt":
             try:
-                svc.tokens.verify(secret)
+                self._verified(secret)
             except TokenError:
                 return False
             return True
-        return svc.recent_keys.seen(digest(svc.secrets.key_secret, secret))
+        return self.services.recent_keys.seen(self._key_digest(secret))
 
     async def settle(self) -> None:
         """Wait for a credential check started in prepare(); raise its problem, if any.
@@ -217,6 +229,10 @@ class APIHandler(RequestHandler):
 
     # -- the credential gate (see the module docstring) ---------------------------
     def flush(self, include_footers: bool = False) -> Future[None]:
+        if self._auth is not None and self._auth.done() and not self._settle_now():
+            refused: Future[None] = Future()
+            refused.set_exception(Answered())
+            return refused
         if self._auth is None:
             return super().flush(include_footers)
         return asyncio.ensure_future(self._flush_when_allowed(include_footers))
@@ -227,6 +243,14 @@ class APIHandler(RequestHandler):
         await super().flush(include_footers)
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        if self._auth is not None and self._auth.done() and self._finishing is None:
+            if chunk is not None:
+                self.write(chunk)
+                chunk = None
+            if not self._settle_now():  # the refusal has been answered in its place
+                done: Future[None] = Future()
+                done.set_result(None)
+                return done
         if self._auth is None and self._finishing is None:
             length = self.request.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > len(self.request.body):
@@ -250,13 +274,30 @@ class APIHandler(RequestHandler):
         try:
             await self.settle()
         except Exception as e:
-            self._finishing = None
-            self.clear()
-            problem = problem_for(e, 500, self.allowed_methods())
-            self.set_status(problem.status_code)
-            self.write_error(problem.status_code, exc_info=(type(e), e, e.__traceback__))
+            self._refuse(e)
             return False
         return True
+
+    def _settle_now(self) -> bool:
+        """The check has already finished (the usual case by the time a read is
+        done): settle it without a task.  A refusal replaces the prepared answer,
+        as in _allowed; False then."""
+        auth, self._auth = self._auth, None
+        assert auth is not None and auth.done()
+        try:
+            self.principal = auth.result()
+            self._check_scope(self.scopes[self.request.method or "GET"])
+        except Exception as e:
+            self._refuse(e)
+            return False
+        return True
+
+    def _refuse(self, e: Exception) -> None:
+        self._finishing = None
+        self.clear()
+        problem = problem_for(e, 500, self.allowed_methods())
+        self.set_status(problem.status_code)
+        self.write_error(problem.status_code, exc_info=(type(e), e, e.__traceback__))
 
     def _check_scope(self, required: str | None) -> None:
         if required not in (None, "any") and not self.principal.allows(required):
@@ -323,7 +364,7 @@ class APIHandler(RequestHandler):
             )
         kind, secret = credential
         if kind == "key":
-            presented = digest(svc.secrets.key_secret, secret)
+            presented = self._key_digest(secret)
             status, kid, scopes, stored = await self._rate("key", presented, "", budget)
             if status != "ok" or not hmac.compare_digest(stored, presented):
                 svc.recent_keys.forget(presented)
@@ -336,7 +377,7 @@ class APIHandler(RequestHandler):
             svc.recent_keys.remember(presented)
             return Principal(f"key:{kid}", frozenset(scopes.split(",")), "key")
         try:
-            claims = svc.tokens.verify(secret)
+            claims = self._verified(secret)
         except TokenError as e:
             await self._rate("anon", "", f"ip:{self.client_ip}", "public")
             raise Problem(
