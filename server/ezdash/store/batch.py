@@ -73,7 +73,7 @@ class ScriptBatcher:
         calls (EVALSHA has no reply callback to apply).  A connection that fails
         midway is dropped, not returned with replies unread."""
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             sha = self.script.sha
             await conn.send_packed_command(
