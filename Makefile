@@ -7,12 +7,13 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.run-installed
 DEV_STAMP  := $(VENV)/.dev-installed
 
-.PHONY: run test lint typecheck pytest bench clean help
+.PHONY: run test lint typecheck pytest soak bench clean help
 
 help:
 	@echo "make run    - start the API with an embedded Redis and a demo fleet"
 	@echo "make test   - ruff, mypy and the test suite (starts its own redis-server)"
 	@echo "make bench  - benchmarks in bench/, each against a bare baseline"
+	@echo "make soak   - 30 minutes of the demo fleet: no timeouts, every command completed"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -41,6 +42,9 @@ pytest: $(DEV_STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+soak: $(DEV_STAMP)
+	$(BIN)/pytest -m soak tests/test_soak.py
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench

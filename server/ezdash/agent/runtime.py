@@ -3,10 +3,19 @@
 Three loops run side by side: *work* (take a task, run the handler, report),
 *pulse* (heartbeat, renew the leases of running tasks, notice cancellations,
 reclaim deliveries of dead agents), and *control* (read this agent's command
-stream).  Blocking Redis reads get their own connections so a long XREAD never
-holds up a heartbeat.  Usage and log entries are buffered and written in batches
-by background flushers (``metrics.recorder``, ``agent.logs``), so a handler never
-waits on Redis to report a call or write a line.
+stream).  Blocking Redis reads get their own connections (``store.blocking``: a
+socket timeout longer than the block) so a long XREAD never holds up a heartbeat
+and never times out while Redis is healthy.  Each loop is supervised: one that
+fails unexpectedly is logged and started again, so an agent never goes on
+heartbeating while deaf to its commands.
+
+Commands are delivered at least once: the control loop resumes from the last
+entry it handled after any Redis trouble, an entry whose handling failed is read
+again, and at start-up the agent takes up the commands still pending for it.
+
+Usage and log entries are buffered and written in batches by background flushers
+(``metrics.recorder``, ``agent.logs``), so a handler never waits on Redis to report
+a call or write a line.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,6 +49,7 @@ from ..metrics.events import UsageEvent
 from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.recorder import UsageRecorder
 from ..metrics.rollup import DEFAULT_TIERS, parse_tiers
+from ..store.blocking import blocking_client
 from ..store.commands import CommandStore
 from ..store.logs import LogStore
 from ..store.scripts import Scripts
@@ -247,6 +257,7 @@ class Agent:
         self._idle.set()
         self._blocking: list[Redis] = []
         self.completed = 0
+        self._obeyed: dict[str, None] = {}  # commands acted on by this process, newest last
 
     # -- the agent's own document -------------------------------------------------
     def document(self) -> dict[str, Any]:
@@ -377,18 +388,33 @@ class Agent:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
-        self._loops = [
-            asyncio.create_task(self._work(i), name=f"{self.id}:work{i}")
-            for i in range(self.config.concurrency)
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            (f"work{i}", functools.partial(self._work, i)) for i in range(cfg.concurrency)
         ]
-        self._loops.append(asyncio.create_task(self._pulse(), name=f"{self.id}:pulse"))
-        self._loops.append(asyncio.create_task(self._control(), name=f"{self.id}:control"))
+        loops += [("pulse", self._pulse), ("control", self._control)]
+        self._loops = [
+            asyncio.create_task(self._supervised(name, loop), name=f"{self.id}:{name}")
+            for name, loop in loops
+        ]
         try:
             await self._stopped.wait()
         finally:
             await self._shutdown_loops()
             if token is not None:
                 current_scope.reset(token)
+
+    async def _supervised(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a loop for the agent's whole life: each loop handles the Redis trouble it
+        expects, and anything else it did not is logged and the loop started again
+        (after a pause, so a bug cannot spin)."""
+        while True:
+            try:
+                await loop()
+                return
+            except Exception:
+                log.exception("%s: the %s loop failed; starting it again", self.id, name)
+                self.log("error", f"the agent's {name} loop failed and was restarted", loop=name)
+                await asyncio.sleep(1.0)
 
     async def _redis_now(self) -> int:
         """The Redis clock, which every agent and server shares."""
@@ -412,10 +438,10 @@ class Agent:
         await self._publish_quiet()
         await self._drain(force=force)
         self.log("info", "agent stopped", completed=self.completed)
-        with contextlib.suppress(RedisError):
-            await self.publish("stopped")
-            if command_id:
-                await self.commands.update(command_id, "completed", agent_id=self.id)
+        with contextlib.suppress(RedisError, OSError):
+            await self._report(lambda: self._publish_status("stopped"))
+        if command_id:
+            await self._command_done(command_id, "completed")
         self._stopped.set()
 
     async def kill(self) -> None:
@@ -480,10 +506,7 @@ class Agent:
         await self._idle.wait()  # every taken task reported
 
     def _blocking_client(self) -> Redis:
-        pool = self.redis.connection_pool
-        client = Redis.from_pool(
-            ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
-        )
+        client = blocking_client(self.redis, self.config.block_s)
         self._blocking.append(client)
         return client
 
@@ -685,29 +708,67 @@ class Agent:
 
     # -- control --------------------------------------------------------------------
     async def _control(self) -> None:
+        """Read this agent's command stream and obey each command, in order.
+
+        ``last`` only moves past an entry once it was handled: after a Redis error
+        (a reconnect, a restart of Redis) the read resumes from there, so no command
+        is skipped; one handled twice is refused by its status the second time."""
         blocker = self._blocking_client()
         stream = self.keys.agent_commands(self.id)
-        last = "0-0"
+        last: str | None = None
+        block_ms = int(self.config.block_s * 1000)
         while True:
             try:
-                res = await blocker.xread(
-                    {stream: last}, count=10, block=int(self.config.block_s * 1000)
-                )
-            except (RedisConnectionError, OSError) as e:
+                if last is None:
+                    last = await self._take_up_commands(stream)
+                res = await blocker.xread({stream: last}, count=10, block=block_ms)
+                for _, entries in cast(
+                    list[tuple[str, list[tuple[str, dict[str, str]]]]], res or []
+                ):
+                    for entry_id, fields in entries:
+                        await self._obey(
+                            fields["command"], fields["action"], fields.get("force") == "1"
+                        )
+                        last = entry_id
+            except (RedisError, OSError) as e:
                 reraise_if_cancelling(e)
+                log.warning(
+                    "%s: commands: redis trouble (%s: %s); retrying", self.id, type(e).__name__, e
+                )
                 await asyncio.sleep(1.0)
-                continue
-            for _, entries in cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], res or []):
-                for entry_id, fields in entries:
-                    last = entry_id
-                    await self._obey(
-                        fields["command"], fields["action"], fields.get("force") == "1"
+
+    async def _take_up_commands(self, stream: str) -> str:
+        """At start-up: the newest entry of the command stream, to read on from, after
+        handling what a previous run of this agent left: commands still pending are
+        obeyed now; one acknowledged by a previous run that ended before finishing it
+        is closed (a restart did happen, the process started again; a stop did not
+        end in a stopped agent, so it failed)."""
+        newest = cast(list[Any], await self.redis.xrevrange(stream, "+", "-", count=1))
+        last = str(newest[0][0]) if newest else "0-0"
+        for doc in sorted(await self.commands.pending_for(self.id), key=lambda d: d["created_at"]):
+            cid = doc["id"]
+            if doc["status"] == "pending":
+                await self._obey(cid, doc["action"], doc["force"])
+            elif cid not in self._obeyed:  # acknowledged by a run of this agent now gone
+                if doc["action"] == "restart":
+                    await self._command_done(cid, "completed")
+                else:
+                    await self._command_done(
+                        cid, "failed", "the agent process ended before it stopped; it started again"
                     )
+        return last
 
     async def _obey(self, cid: str, action: str, force: bool) -> None:
         status = await self.commands.update(cid, "acknowledged", agent_id=self.id)
-        if status != "acknowledged":
+        if status == "refused:acknowledged" and cid not in self._obeyed:
+            pass  # our acknowledgement went through but its answer was lost: act now
+        elif status != "acknowledged":
             return  # already handled, expired or not ours: do nothing
+        if cid in self._obeyed:
+            return
+        self._obeyed[cid] = None
+        while len(self._obeyed) > 1000:
+            self._obeyed.pop(next(iter(self._obeyed)))
         self.log("info", f"command received: {action}", command_id=cid, action=action, force=force)
         try:
             if action == "restart":
@@ -717,12 +778,8 @@ class Agent:
                 return
             else:
                 raise ValueError(f"unknown action {action!r}")
-        except (RedisError, OSError) as e:
-            reraise_if_cancelling(e)
-            log.warning("%s: command %s interrupted: %s", self.id, cid, e)
-            self._accepting.set()
-            return  # the command stays acknowledged; the sweep fails it if we die
         except Exception as e:
+            reraise_if_cancelling(e)
             log.exception("%s: %s failed", self.id, action)
             self.log(
                 "error",
@@ -732,24 +789,46 @@ class Agent:
                 error_type=type(e).__name__,
             )
             self._accepting.set()  # a failed re-initialisation must not park the agent
-            await self.commands.update(
-                cid, "failed", agent_id=self.id, error=f"{type(e).__name__}: {e}"
-            )
             self.status = "error"
-            await self.publish()
+            await self._command_done(cid, "failed", f"{type(e).__name__}: {e}")
+            await self._publish_quiet()
             return
-        await self.commands.update(cid, "completed", agent_id=self.id)
+        await self._command_done(cid, "completed")
+
+    async def _command_done(self, cid: str, status: str, error: str = "") -> None:
+        """Record how a command ended, retrying through Redis trouble (for up to the
+        visibility timeout): an outcome that is not written leaves the command
+        acknowledged until the server's sweep fails it."""
+        try:
+            await self._report(
+                lambda: self._update_command(cid, status, error),
+            )
+        except (RedisError, OSError) as e:
+            reraise_if_cancelling(e)
+            log.warning("%s: could not record command %s as %s: %s", self.id, cid, status, e)
+
+    async def _update_command(self, cid: str, status: str, error: str) -> tuple[str, str]:
+        return "ok", await self.commands.update(cid, status, agent_id=self.id, error=error)
+
+    async def _publish_status(self, status: str) -> tuple[str, str]:
+        await self.publish(status)
+        return "ok", status
 
     async def _restart(self) -> None:
         """Stop taking work, let running tasks finish, re-initialise, count it."""
         self._accepting.clear()
         self.log("info", "agent restarting", running=len(self.running))
-        await self.publish("restarting")
+        self.status = "restarting"
+        await self._publish_quiet()
         await self._drain(force=False)
         if self.on_restart is not None:
             await self.on_restart(self)
         self.restarts += 1
-        self.started_at = await self._redis_now()
+        try:
+            self.started_at = await self._redis_now()
+        except (RedisError, OSError) as e:
+            reraise_if_cancelling(e)
+            self.started_at = now_ms()  # this host's clock: better than no restart
         self._accepting.set()
         self.log("info", "agent restarted", restarts=self.restarts)
         await self._publish_quiet()

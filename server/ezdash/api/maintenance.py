@@ -27,13 +27,16 @@ async def sweep(svc: Services) -> dict[str, int]:
     s = svc.settings
     done = {"promoted": 0, "expired": 0, "orphaned": 0, "reclaimed": 0, "purged": 0}
     done["promoted"] = await svc.tasks.promote_due()
-    done["expired"] = await svc.commands.expire_due()
-    for queue in await svc.tasks.queue_names():
-        done["reclaimed"] += await svc.tasks.reclaim(
-            queue, f"server:{svc.instance}", s.visibility_timeout
-        )
     now = await svc.redis_now_ms()
-    done["orphaned"] = await svc.commands.fail_orphans(s.heartbeat_timeout, now)
+    # Right after an outage every agent looks silent (none could heartbeat, renew a
+    # lease or acknowledge): judge them only once they have had time to catch up.
+    if svc.redis_watch.settled(s.heartbeat_timeout):
+        done["expired"] = await svc.commands.expire_due()
+        for queue in await svc.tasks.queue_names():
+            done["reclaimed"] += await svc.tasks.reclaim(
+                queue, f"server:{svc.instance}", s.visibility_timeout
+            )
+        done["orphaned"] = await svc.commands.fail_orphans(s.heartbeat_timeout, now)
     done["purged"] = await svc.tasks.purge_finished(now - int(s.task_retention * 1000))
     done["purged"] += await svc.commands.purge_finished(now - int(s.task_retention * 1000))
     done["purged"] += await svc.agents.purge_silent(

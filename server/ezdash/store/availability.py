@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from redis import exceptions as redis_errors
@@ -49,7 +50,14 @@ class RedisWatch:
         self.refused = 0
         """Requests that failed on Redis during the current (or last) outage."""
         self._since = 0.0
+        self._back_at = -math.inf
         self._probe: asyncio.Task[None] | None = None
+
+    def settled(self, seconds: float) -> bool:
+        """Up, and for at least ``seconds`` since the last outage ended: long enough
+        for agents to have heartbeated and renewed their leases again, so their
+        silence during the outage is not taken for death."""
+        return self.up and time.monotonic() - self._back_at >= seconds
 
     def failed(self, exc: BaseException) -> None:
         """A request (or a background loop) could not be served because of Redis."""
@@ -88,6 +96,7 @@ class RedisWatch:
             except (RedisError, OSError, TimeoutError):
                 continue
             self.up = True
+            self._back_at = time.monotonic()
             self.back.set()
             log.warning(
                 "redis is back after %.1f s (%d requests refused meanwhile)",

@@ -16,11 +16,14 @@ from typing import Any, Generic, TypeVar, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .blocking import blocking_client
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BLOCK_MS = 2000
-"""Well under redis-py 8's default 5 s socket timeout, which a longer block would hit."""
+"""How long one read waits for new entries (its connection's socket timeout is longer:
+``store.blocking``)."""
 
 
 class StreamTail(Generic[T]):
@@ -74,8 +77,7 @@ class StreamTail(Generic[T]):
         self._task = None
 
     async def _run(self) -> None:
-        # Its own connection: the blocking read must not hold one of the pool's.
-        redis = Redis.from_url(self.redis_url, decode_responses=True)
+        redis = blocking_client(self.redis_url, BLOCK_MS / 1000)
         started = False
         try:
             while True:
