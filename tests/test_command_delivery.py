@@ -224,3 +224,18 @@ async def test_commands_survive_a_redis_restart(own_redis: RedisServer, tmp_path
     finally:
         await fleet.close()
         await stop_api(api)
+
+
+async def test_replay_of_a_purged_command_is_404_not_500(api: Api, fleet: Fleet) -> None:
+    fleet.start("replayed", _work)
+    await _status(api, "replayed", "idle")
+    headers = {"Idempotency-Key": "once"}
+    r = await api.post("/api/agents/replayed/restart", headers=headers)
+    cid = r.json["command"]["id"]
+    assert (await _ended(api, cid, 10.0))["status"] == "completed"
+    far_future = 2**45
+    assert await api.services.commands.purge_finished(far_future) == 1
+    again = await api.post("/api/agents/replayed/restart", headers=headers)
+    assert again.status == 404, again.body
+    assert again.headers["Content-Type"] == "application/problem+json"
+    assert cid in again.json["detail"]

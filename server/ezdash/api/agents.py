@@ -142,7 +142,9 @@ async def command(h: APIHandler, agent_id: str, action: str, *, force: bool) -> 
         doc, created = await svc.commands.create(
             agent_id, action, force=force, requested_by=h.principal.id, idempotency=idempotency
         )
-    except NotFound:
+    except NotFound as e:
+        if e.args and e.args[0] != agent_id:  # the command an Idempotency-Key made
+            raise not_found("command", str(e.args[0])) from None
         raise not_found("agent", agent_id) from None
     except Conflict:
         raise conflict(f"agent {agent_id!r} is stopped; it cannot {action}") from None

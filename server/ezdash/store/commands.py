@@ -92,7 +92,8 @@ class CommandStore:
             if seen_fp != fp:
                 raise IdempotencyMismatch(cid)
         doc = await self.get(cid)
-        assert doc is not None
+        if doc is None:  # a replay of a command purged since (retention < idempotency TTL)
+            raise NotFound(cid)
         return doc, res[0] == "ok"
 
     async def get(self, cid: str) -> dict[str, Any] | None:
