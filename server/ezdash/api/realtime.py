@@ -174,7 +174,6 @@ class Hub:
         self._starting = asyncio.Lock()
         self._queue_state: bytes | None = None
         self._tasks_changed = True
-        self.frames_built = 0
 
     async def start(self) -> None:
         async with self._starting:  # many clients connect at once; one set of pumps
@@ -223,7 +222,6 @@ class Hub:
                 self._tasks_changed = True
             position = stream_id(entry_id)
             for topic, message in event_messages(entry_id, etype, data):
-                self.frames_built += 1
                 self.broadcast(topic, ("events", position, message))
 
     async def _pump_logs(self, queue: asyncio.Queue[Any]) -> None:
@@ -234,7 +232,6 @@ class Hub:
                 queue = await self.services.log_tail.subscribe(HUB_QUEUE)
                 continue
             entry_id, doc = got
-            self.frames_built += 1
             self.broadcast("logs", ("logs", stream_id(entry_id), log_message(entry_id, doc)))
 
     async def _queues(self) -> None:

@@ -7,7 +7,6 @@ buckets and groups it returns, never on the number of events behind them.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -321,7 +320,3 @@ def ratio(num: np.ndarray, den: np.ndarray) -> list[float | None]:
     return [
         None if d == 0 else round(float(n) / float(d), 6) for n, d in zip(num, den, strict=True)
     ]
-
-
-def safe_round(x: float, nd: int = 9) -> float:
-    return 0.0 if math.isnan(x) else round(x, nd)

@@ -35,12 +35,14 @@ SCAN_BUDGET = 5000
 
 
 def drain_eta(depth: int, arrivals_per_min: float, service_per_min: float) -> float | None:
-    """Seconds until the queue is empty at the recent net rate; None if it is not
-    draining (0 when already empty)."""
-    if depth == 0:
-        return 0.0
-    net = service_per_min - arrivals_per_min
-    return round(depth / net * 60, 1) if net > 0 else None
+    """``analytics.queue_drain_eta`` on the queue's current rates, to a tenth of a second.
+
+    Imported here, not at the top: agents import this module too, and must not load
+    pandas for a figure only the server's queue listing shows."""
+    from analytics import queue_drain_eta
+
+    eta = queue_drain_eta(depth, arrivals_per_min, service_per_min)
+    return None if eta is None else round(eta, 1)
 
 
 class NotFound(LookupError):
