@@ -6,8 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.run-installed
 DEV_STAMP  := $(VENV)/.dev-installed
+TS_CLIENT  := clients/typescript
+NODE_STAMP := $(TS_CLIENT)/node_modules/.installed
 
-.PHONY: run test lint typecheck pytest soak bench clean help
+.PHONY: run test lint typecheck pytest soak bench ts-client clean help
 
 help:
 	@echo "make run    - start the API with an embedded Redis and a demo fleet"
@@ -38,8 +40,21 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP)
+# The TypeScript client the frontend compiles against (tests/test_typescript_client.py);
+# skipped, with its reason, where there is no Node.js at all.
+$(NODE_STAMP): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(TS_CLIENT) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the TypeScript client test will be skipped"; fi
+
+pytest: $(DEV_STAMP) $(NODE_STAMP)
 	$(BIN)/pytest
+
+# Regenerate the client's types from the current OpenAPI document (commit the result).
+ts-client: $(DEV_STAMP) $(NODE_STAMP)
+	$(BIN)/ezdash openapi > $(TS_CLIENT)/openapi.json
+	cd $(TS_CLIENT) && node_modules/.bin/openapi-typescript openapi.json \
+	  -o src/schema.d.ts --default-non-nullable=false && rm openapi.json
 
 test: lint typecheck pytest
 
@@ -50,4 +65,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist

@@ -71,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=float, default=1.0, help="time compression of LLM latency")
     d.add_argument("--no-producer", action="store_true", help="do not create demo tasks")
     _child(d)
+
+    sub.add_parser(
+        "openapi",
+        help="print the OpenAPI document the server serves (what clients are generated from)",
+    )
     return p
 
 
@@ -94,6 +99,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "openapi":  # needs no settings: the document is the code's
+        import orjson
+
+        from .api.openapi import openapi_document
+
+        sys.stdout.buffer.write(orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(b"\n")
+        return 0
     if getattr(args, "parent_pid", None) is not None:
         from .lifeline import ORPHAN_GRACE_S, watch_parent
 

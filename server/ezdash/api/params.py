@@ -310,7 +310,7 @@ class Group:
             for n in range(len(free) + 1):
                 for present in itertools.combinations(free, n):
                     if self.accepts({**chosen, **dict.fromkeys(present, "x")}):
-                        shapes.append(_shape(chosen, set(present), schemas))
+                        shapes.append(_shape(chosen, present, schemas))
         return {
             "name": self.name,
             "in": "query",
@@ -322,7 +322,7 @@ class Group:
         }
 
 
-def _shape(chosen: dict[str, str], present: set[str], schemas: dict[str, Any]) -> dict[str, Any]:
+def _shape(chosen: dict[str, str], present: tuple[str, ...], schemas: dict[str, Any]) -> dict[str, Any]:
     """One accepted combination as a closed object: these values, these present,
     nothing else (a generator picks a branch and fills it in; no filtering)."""
     props = {k: {"const": v} for k, v in chosen.items()}
