@@ -38,6 +38,14 @@ async def test_document_is_served_and_lists_every_route(api: Api) -> None:
                 if p == re.sub(r"\{[^}]+\}", "([^/]+)", path)
             )
             assert op.get("x-scope") == scope, (path, method)
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)) == len(served)
+    assert all(re.fullmatch(r"(get|post|put|delete)[A-Z][A-Za-z]+", i) for i in ids), ids
+    tags = {t["name"] for t in doc["tags"]}
+    assert all(t["description"] for t in doc["tags"])
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            assert len(op["tags"]) == 1 and op["tags"][0] in tags
 
 
 async def test_real_answers_match_the_document(api: Api, fleet: Fleet) -> None:

@@ -69,6 +69,31 @@ def path_template(pattern: str, names: tuple[str, ...]) -> str:
     return re.sub(r"\([^)]*\)", lambda _: "{" + next(parts) + "}", pattern)
 
 
+def operation_id(cls: type, method: str) -> str:
+    """``AgentRestartHandler`` and POST -> ``postAgentRestart``: unique because handler
+    class names are, and stable as long as they are (generated clients name their
+    functions after it)."""
+    return method.lower() + cls.__name__.removesuffix("Handler")
+
+
+def tag_of(cls: type) -> str:
+    """The module a handler lives in (``ezdash.api.agents`` -> ``agents``)."""
+    return str(cls.__module__).rsplit(".", 1)[-1]
+
+
+def _tags() -> list[dict[str, str]]:
+    """One tag per handler module, described by its docstring's first paragraph."""
+    import sys
+
+    from .app import routes
+
+    seen: dict[str, str] = {}
+    for _, cls in routes():
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
+        seen.setdefault(tag_of(cls), " ".join(doc.split()).rstrip(".") or tag_of(cls))
+    return [{"name": name, "description": text} for name, text in seen.items()]
+
+
 def _attach_parameters(paths: dict[str, Any]) -> None:
     """Every operation's parameters come from its handler's declarations (path
     segments, query parameters, headers): the very lists the server checks requests
@@ -79,6 +104,8 @@ def _attach_parameters(paths: dict[str, Any]) -> None:
         template = path_template(pattern, tuple(p.name for p in cls.path))
         for method in cls.scopes:
             op = paths[template][method.lower()]
+            op["operationId"] = operation_id(cls, method)
+            op["tags"] = [tag_of(cls)]
             query = list(cls.query.get(method, ()))
             if cls.query_token:
                 query.append(ACCESS_TOKEN)
@@ -464,6 +491,7 @@ def openapi_document() -> dict[str, Any]:
             "version": __version__,
             "description": "Monitoring and control plane for fleets of LLM agents.",
         },
+        "tags": _tags(),
         "paths": paths,
         "components": {
             "schemas": schemas,

@@ -322,7 +322,9 @@ class Group:
         }
 
 
-def _shape(chosen: dict[str, str], present: tuple[str, ...], schemas: dict[str, Any]) -> dict[str, Any]:
+def _shape(
+    chosen: dict[str, str], present: tuple[str, ...], schemas: dict[str, Any]
+) -> dict[str, Any]:
     """One accepted combination as a closed object: these values, these present,
     nothing else (a generator picks a branch and fills it in; no filtering)."""
     props = {k: {"const": v} for k, v in chosen.items()}
