@@ -13,6 +13,7 @@ import time
 from redis.exceptions import RedisError
 
 from .. import __version__
+from .asyncapi import asyncapi_document
 from .base import APIHandler
 from .openapi import openapi_document
 
@@ -78,9 +79,19 @@ class OpenAPIHandler(APIHandler):
         self.write_json(openapi_document())
 
 
+class AsyncAPIHandler(APIHandler):
+    """The AsyncAPI 3.1 document of ``/api/ws`` (``ezdash.api.asyncapi``)."""
+
+    scopes = {"GET": None}
+
+    def get(self) -> None:
+        self.write_json(asyncapi_document())
+
+
 default_handlers = [
     (r"/api/live", LiveHandler),
     (r"/api/health", HealthHandler),
     (r"/api/ready", ReadyHandler),
     (r"/api/openapi.json", OpenAPIHandler),
+    (r"/api/asyncapi.json", AsyncAPIHandler),
 ]

@@ -389,7 +389,9 @@ class Delivery(BaseModel):
     at: Time
 
 
-class Alert(BaseModel):
+class AlertState(BaseModel):
+    """An alert as its events carry it (``alert.fired``/``alert.resolved``)."""
+
     id: str
     rule_id: str
     rule_name: str
@@ -401,6 +403,11 @@ class Alert(BaseModel):
     message: str
     fired_at: Time
     resolved_at: Time | None
+
+
+class Alert(AlertState):
+    """An alert as the API answers it: with its webhook deliveries."""
+
     deliveries: list[Delivery]
 
 

@@ -175,6 +175,11 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/api/openapi.json": {"get": _op("This document", None, {"200": _ok({"type": "object"})})},
+        "/api/asyncapi.json": {
+            "get": _op(
+                "The AsyncAPI 3.1 document of /api/ws", None, {"200": _ok({"type": "object"})}
+            )
+        },
         "/api/agents": {
             "get": _op("List agents (id order)", "read", {"200": _ok(_ref("AgentPage"))})
         },

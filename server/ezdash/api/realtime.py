@@ -53,8 +53,14 @@ SEND_DEADLINE_S = 5.0
 """How long one frame may wait for the client's socket to take it. Longer, the
 client has stopped reading (its socket buffers are full): it is told to resync."""
 
-Item = tuple[str | None, tuple[int, int], bytes]
-"""(stream, id, frame): stream is "events", "logs" or None for unordered messages."""
+Position = tuple[int, int, int]
+"""(ms, seq, k): the stream entry, then which of the messages made from it (an events
+entry may make two: a failed task's ``task.updated`` and its ``error``)."""
+NOWHERE: Position = (0, 0, 0)
+LAST = 1 << 30
+"""A k past every message of an entry: a floor that skips the entry whole."""
+Item = tuple[str | None, Position, bytes]
+"""(stream, position, frame): stream is "events", "logs" or None for unordered messages."""
 
 
 def frame(message: dict[str, Any]) -> bytes:
@@ -135,7 +141,7 @@ class Client:
     handler: RealtimeHandler
     queue: asyncio.Queue[Item | None]
     topics: set[str] = field(default_factory=set)
-    floor: dict[str, tuple[int, int]] = field(default_factory=dict)
+    floor: dict[str, Position] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     writer: asyncio.Task[None] | None = None
     dropped: bool = False
@@ -220,9 +226,9 @@ class Hub:
             entry_id, etype, data = got
             if etype == "task.updated":
                 self._tasks_changed = True
-            position = stream_id(entry_id)
-            for topic, message in event_messages(entry_id, etype, data):
-                self.broadcast(topic, ("events", position, message))
+            ms, seq = stream_id(entry_id)
+            for k, (topic, message) in enumerate(event_messages(entry_id, etype, data)):
+                self.broadcast(topic, ("events", (ms, seq, k), message))
 
     async def _pump_logs(self, queue: asyncio.Queue[Any]) -> None:
         while True:
@@ -232,7 +238,8 @@ class Hub:
                 queue = await self.services.log_tail.subscribe(HUB_QUEUE)
                 continue
             entry_id, doc = got
-            self.broadcast("logs", ("logs", stream_id(entry_id), log_message(entry_id, doc)))
+            ms, seq = stream_id(entry_id)
+            self.broadcast("logs", ("logs", (ms, seq, 0), log_message(entry_id, doc)))
 
     async def _queues(self) -> None:
         """``queue.status`` at most once a second, and only when something changed."""
@@ -258,7 +265,7 @@ class Hub:
             message = frame(
                 {"type": "queue.status", "id": None, "ts": format_ms(now), "data": queues}
             )
-            self.broadcast("queues", (None, (0, 0), message))
+            self.broadcast("queues", (None, NOWHERE, message))
 
 
 def hub_for(services: Any) -> Hub:
@@ -310,7 +317,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
             "ts": format_ms(int(time.time() * 1000)),
             "data": {"version": __version__, "instance": svc.instance, "topics": list(TOPICS)},
         }
-        self.client.offer((None, (0, 0), frame(hello)))
+        self.client.offer((None, NOWHERE, frame(hello)))
 
     async def _write_loop(self, client: Client) -> None:
         try:
@@ -321,7 +328,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
                     return
                 source, position, data = item
                 async with client.lock:
-                    if source is not None and position <= client.floor.get(source, (0, 0)):
+                    if source is not None and position <= client.floor.get(source, NOWHERE):
                         continue
                     if source is not None:
                         client.floor[source] = position
@@ -388,7 +395,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
         op = msg.get("op")
         if op == "ping":
             client.offer(
-                (None, (0, 0), frame({"type": "pong", "id": None, "ts": None, "data": {}}))
+                (None, NOWHERE, frame({"type": "pong", "id": None, "ts": None, "data": {}}))
             )
             return None
         if op not in ("subscribe", "unsubscribe"):
@@ -456,8 +463,8 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
                             if topic in wants_events:
                                 await self._send(message)
                                 sent += 1
-                        position = stream_id(entry_id)
-                        client.floor["events"] = max(client.floor.get("events", (0, 0)), position)
+                        position = (*stream_id(entry_id), LAST)
+                        client.floor["events"] = max(client.floor.get("events", NOWHERE), position)
                     if sent >= MAX_CATCH_UP:
                         break
             if "logs" in topics and "logs" in positions:
@@ -465,8 +472,8 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
                     for entry_id, doc in chunk:
                         await self._send(log_message(entry_id, doc))
                         sent += 1
-                        position = stream_id(entry_id)
-                        client.floor["logs"] = max(client.floor.get("logs", (0, 0)), position)
+                        position = (*stream_id(entry_id), LAST)
+                        client.floor["logs"] = max(client.floor.get("logs", NOWHERE), position)
                     if sent >= MAX_CATCH_UP:
                         break
             if sent >= MAX_CATCH_UP:
@@ -478,7 +485,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
         self.client.offer(
             (
                 None,
-                (0, 0),
+                NOWHERE,
                 frame(
                     {
                         "type": "problem",
