@@ -226,7 +226,7 @@ async def test_commands_survive_a_redis_restart(own_redis: RedisServer, tmp_path
         await stop_api(api)
 
 
-async def test_replay_of_a_purged_command_is_404_not_500(api: Api, fleet: Fleet) -> None:
+async def test_replay_of_a_purged_command_is_a_conflict_not_500(api: Api, fleet: Fleet) -> None:
     fleet.start("replayed", _work)
     await _status(api, "replayed", "idle")
     headers = {"Idempotency-Key": "once"}
@@ -236,6 +236,6 @@ async def test_replay_of_a_purged_command_is_404_not_500(api: Api, fleet: Fleet)
     far_future = 2**45
     assert await api.services.commands.purge_finished(far_future) == 1
     again = await api.post("/api/agents/replayed/restart", headers=headers)
-    assert again.status == 404, again.body
+    assert again.status == 409, again.body
     assert again.headers["Content-Type"] == "application/problem+json"
     assert cid in again.json["detail"]

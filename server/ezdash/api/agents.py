@@ -8,9 +8,8 @@ from ..keys import AGENT_STATUSES
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import percentiles, plan
-from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
 from .base import APIHandler
-from .errors import Problem, conflict, invalid, not_found
+from .errors import conflict, invalid, not_found
 from .listing import list_page, text
 from .params import AGENT_PATH, DRY_RUN, IDEMPOTENCY_KEY, PAGE, Boolean, Choice, Text
 from .services import Services
@@ -138,22 +137,9 @@ async def command(h: APIHandler, agent_id: str, action: str, *, force: bool) -> 
             svc.keys.idempotency(h.principal.id, f"{action}:{agent_id}", idem),
             svc.settings.idempotency_ttl,
         )
-    try:
-        doc, created = await svc.commands.create(
-            agent_id, action, force=force, requested_by=h.principal.id, idempotency=idempotency
-        )
-    except NotFound as e:
-        if e.args and e.args[0] != agent_id:  # the command an Idempotency-Key made
-            raise not_found("command", str(e.args[0])) from None
-        raise not_found("agent", agent_id) from None
-    except Conflict:
-        raise conflict(f"agent {agent_id!r} is stopped; it cannot {action}") from None
-    except IdempotencyMismatch:
-        raise Problem(
-            422,
-            "Idempotency-Key was already used for a different request",
-            type="idempotency-mismatch",
-        ) from None
+    doc, created = await svc.commands.create(
+        agent_id, action, force=force, requested_by=h.principal.id, idempotency=idempotency
+    )
     if not created:
         h.set_header("Idempotent-Replayed", "true")
     h.audit_detail = f"command={doc['id']}" + (" force" if force else "")

@@ -37,6 +37,7 @@ from ..security.apikeys import digest, looks_like_jwt
 from ..security.ratelimit import Budget, budget_for
 from ..security.tokens import TokenError
 from ..store.availability import redis_unavailable
+from ..store.errors import DomainError
 from ..timeutil import parse_time
 from .errors import Problem, invalid, not_found, problem_for
 from .models import UNION_TAGS
@@ -519,7 +520,7 @@ class APIHandler(RequestHandler):
         self.finish(orjson.dumps(problem.body()))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, HTTPError):
+        if isinstance(value, HTTPError | DomainError):
             return  # answered as problem JSON; client errors are not server faults
         if value is not None and redis_unavailable(value):
             self.services.redis_watch.failed(value)  # one line per outage, not per request

@@ -8,6 +8,7 @@ from typing import Any
 from tornado.web import HTTPError
 
 from ..store.availability import redis_unavailable
+from ..store.errors import Conflict, DomainError, IdempotencyMismatch, NotFound
 
 PROBLEM_BASE = "https://ezaugent.dev/problems/"
 
@@ -78,12 +79,25 @@ def unavailable(exc: BaseException) -> Problem:
     )
 
 
+DOMAIN: dict[type[DomainError], tuple[int, str]] = {
+    NotFound: (404, "not-found"),
+    Conflict: (409, "conflict"),
+    IdempotencyMismatch: (422, "idempotency-mismatch"),
+}
+"""The stores' refusals as answers (status, problem type); their message is the detail.
+Handlers let these pass: this table is the only translation."""
+
+
 def problem_for(exc: BaseException | None, status: int, allowed: str = "") -> Problem:
-    """The one mapping from what went wrong to the answer: a Problem as raised, an
-    outage of Redis as 503, Tornado's own errors (405 from an unknown method, ...)
-    with their status, and anything else as 500 (a bug: it is logged)."""
+    """The one mapping from what went wrong to the answer: a Problem as raised, a
+    store's refusal through ``DOMAIN``, an outage of Redis as 503, Tornado's own errors
+    (405 from an unknown method, ...) with their status, and anything else as 500 (a
+    bug: it is logged)."""
     if isinstance(exc, Problem):
         return exc
+    if isinstance(exc, DomainError):
+        code, kind = next(v for k, v in DOMAIN.items() if isinstance(exc, k))
+        return Problem(code, exc.detail, type=kind)
     if exc is not None and redis_unavailable(exc):
         return unavailable(exc)
     if isinstance(exc, HTTPError):

@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
-from ..metrics.recorder import BatchMismatch
 from ..store.logs import (
     ALIASES,
     LEVELS,
@@ -30,7 +29,6 @@ from ..store.logs import (
 from ..store.tasks import fingerprint
 from ..timeutil import format_ms, parse_time
 from .base import APIHandler
-from .errors import Problem
 from .listing import entry_id, list_page
 from .params import ENTRY_ID, IDEMPOTENCY_KEY, PAGE, Boolean, Choice, Header, Since, Text, Time
 
@@ -324,20 +322,13 @@ class IngestLogsHandler(APIHandler):
                 docs.append(doc)
         if bad:
             raise self.refuse_batch("entries", len(items), bad)
-        try:
-            ids = await svc.logs.append(
-                docs,
-                now_ms=now,
-                batch_id=self.batch_id(),
-                fingerprint=fingerprint(items),
-                dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
-            )
-        except BatchMismatch:
-            raise Problem(
-                422,
-                "Idempotency-Key was already used for a different batch",
-                type="idempotency-mismatch",
-            ) from None
+        ids = await svc.logs.append(
+            docs,
+            now_ms=now,
+            batch_id=self.batch_id(),
+            fingerprint=fingerprint(items),
+            dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
+        )
         if ids is None:
             self.set_header("Idempotent-Replayed", "true")
         self.audit_detail = f"entries={len(docs)}"

@@ -19,10 +19,10 @@ from ..metrics.query import (
     ratio,
     supported,
 )
-from ..metrics.recorder import Batch, BatchMismatch, write_batch
+from ..metrics.recorder import Batch, write_batch
 from ..store.tasks import fingerprint
 from .base import APIHandler
-from .errors import Problem, invalid
+from .errors import invalid
 from .models import QUEUE_PATTERN
 from .params import (
     AGENT,
@@ -309,23 +309,16 @@ class IngestUsageHandler(APIHandler):
             kind = labels[0].get(ev.agent_id, "")
             queue = labels[1].get(ev.task_id, "") if ev.task_id else ""
             batch.add_event(ev, kind=kind, queue=queue)
-        try:
-            applied = await write_batch(
-                svc.redis,
-                svc.scripts,
-                svc.keys,
-                batch,
-                now_ms=now,
-                batch_id=self.batch_id(),
-                dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
-                fingerprint=fingerprint(items),
-            )
-        except BatchMismatch:
-            raise Problem(
-                422,
-                "Idempotency-Key was already used for a different batch",
-                type="idempotency-mismatch",
-            ) from None
+        applied = await write_batch(
+            svc.redis,
+            svc.scripts,
+            svc.keys,
+            batch,
+            now_ms=now,
+            batch_id=self.batch_id(),
+            dedupe_ttl_ms=int(svc.settings.idempotency_ttl * 1000),
+            fingerprint=fingerprint(items),
+        )
         if not applied:
             self.set_header("Idempotent-Replayed", "true")
         self.audit_detail = f"events={len(events)}"

@@ -5,15 +5,12 @@ from __future__ import annotations
 import orjson
 
 from ..keys import TASK_STATUSES
-from ..store.tasks import Conflict, IdempotencyMismatch, NotFound
+from ..store.tasks import check_transition
 from .base import APIHandler
-from .errors import Problem, conflict, not_found
+from .errors import Problem, not_found
 from .listing import list_page, number, text
 from .models import QUEUE_PATTERN, TYPE_PATTERN, TaskCreate
 from .params import AGENT, DRY_RUN, IDEMPOTENCY_KEY, PAGE, TASK_PATH, Choice, Text, Time
-
-RETRYABLE = ("failed", "dead", "cancelled")
-CANCELLABLE = ("queued", "running")
 
 
 class TasksHandler(APIHandler):
@@ -77,25 +74,14 @@ class TasksHandler(APIHandler):
                 svc.keys.idempotency(self.principal.id, "tasks", idem),
                 svc.settings.idempotency_ttl,
             )
-        try:
-            task, created = await svc.tasks.create(
-                type=body.type,
-                payload=body.payload,
-                queue=body.queue,
-                priority=body.priority,
-                max_attempts=body.max_attempts,
-                idempotency=idempotency,
-            )
-        except IdempotencyMismatch:
-            raise Problem(
-                422,
-                "Idempotency-Key was already used for a different request",
-                type="idempotency-mismatch",
-            ) from None
-        except NotFound:
-            raise Problem(
-                409, "the task first created with this Idempotency-Key is gone", type="conflict"
-            ) from None
+        task, created = await svc.tasks.create(
+            type=body.type,
+            payload=body.payload,
+            queue=body.queue,
+            priority=body.priority,
+            max_attempts=body.max_attempts,
+            idempotency=idempotency,
+        )
         if not created:
             self.set_header("Idempotent-Replayed", "true")
         self.audit_target = task["id"]
@@ -121,7 +107,7 @@ class TaskRetryHandler(APIHandler):
     query = {"PUT": (DRY_RUN,)}
 
     async def put(self, task_id: str) -> None:
-        await transition(self, task_id, "retry", RETRYABLE)
+        await transition(self, task_id, "retry")
 
 
 class TaskCancelHandler(APIHandler):
@@ -131,21 +117,17 @@ class TaskCancelHandler(APIHandler):
     query = {"POST": (DRY_RUN,)}
 
     async def post(self, task_id: str) -> None:
-        await transition(self, task_id, "cancel", CANCELLABLE)
+        await transition(self, task_id, "cancel")
 
 
-async def transition(h: APIHandler, task_id: str, action: str, allowed: tuple[str, ...]) -> None:
+async def transition(h: APIHandler, task_id: str, action: str) -> None:
     store = h.services.tasks
     if h.q_bool("dry_run"):
         h.audit_detail = "dry_run"
         task = await store.get(task_id)
         if task is None:
             raise not_found("task", task_id)
-        if task["status"] not in allowed:
-            raise conflict(
-                f"task {task_id!r} is {task['status']}; only "
-                f"{', '.join(allowed)} tasks can {action}"
-            )
+        check_transition(task_id, task["status"], action)
         verb = "put back on queue" if action == "retry" else "cancel"
         h.write_json(
             {
@@ -155,14 +137,7 @@ async def transition(h: APIHandler, task_id: str, action: str, allowed: tuple[st
             }
         )
         return
-    try:
-        task = await (store.retry(task_id) if action == "retry" else store.cancel(task_id))
-    except NotFound:
-        raise not_found("task", task_id) from None
-    except Conflict as e:
-        raise conflict(
-            f"task {task_id!r} is {e.status}; only {', '.join(allowed)} tasks can {action}"
-        ) from None
+    task = await (store.retry(task_id) if action == "retry" else store.cancel(task_id))
     h.write_json({"task": task})
 
 

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from ..aio import reraise_if_cancelling
 from ..keys import Keys
+from ..store.errors import IdempotencyMismatch
 from ..store.scripts import Scripts
 from .events import UsageEvent
 from .pricing import PriceTable, cost_nanos, usd_to_nanos
@@ -82,10 +83,6 @@ class Batch:
         return len(self.agg)
 
 
-class BatchMismatch(Exception):
-    """A batch id (Idempotency-Key) was used before for a different batch."""
-
-
 async def write_batch(
     redis: Redis,
     scripts: Scripts,
@@ -99,7 +96,7 @@ async def write_batch(
 ) -> bool:
     """Apply a batch atomically.  With a batch id a repeat is recognised and skipped
     (returns False), so a client may safely retry after a timeout; a repeat whose
-    fingerprint differs raises BatchMismatch."""
+    fingerprint differs raises IdempotencyMismatch."""
     mk = keys.metrics
     args: list[Any] = [
         keys.base,
@@ -114,7 +111,7 @@ async def write_batch(
     res = await scripts.run("metrics_apply", [mk.as_of], args)
     if res[0] == "seen":
         if res[1] != fingerprint:
-            raise BatchMismatch(batch_id)
+            raise IdempotencyMismatch("batch")
         return False
     return True
 

@@ -9,8 +9,9 @@ from redis.asyncio import Redis
 from ..ids import new_id
 from ..keys import Keys
 from ..timeutil import format_ms
+from .errors import Conflict, IdempotencyMismatch, NotFound
 from .scripts import Scripts
-from .tasks import Conflict, IdempotencyMismatch, NotFound, fingerprint
+from .tasks import fingerprint
 
 FIELDS = (
     "id",
@@ -84,16 +85,16 @@ class CommandStore:
             ],
         )
         if res[0] == "noagent":
-            raise NotFound(agent_id)
+            raise NotFound("agent", agent_id)
         if res[0] == "conflict":
-            raise Conflict(res[1])
+            raise Conflict(f"agent {agent_id!r} is {res[1]}; it cannot {action}", str(res[1]))
         if res[0] == "duplicate":
             seen_fp, _, cid = res[1].partition("|")
             if seen_fp != fp:
-                raise IdempotencyMismatch(cid)
+                raise IdempotencyMismatch()
         doc = await self.get(cid)
         if doc is None:  # a replay of a command purged since (retention < idempotency TTL)
-            raise NotFound(cid)
+            raise Conflict(f"the command first created with this Idempotency-Key ({cid}) is gone")
         return doc, res[0] == "ok"
 
     async def get(self, cid: str) -> dict[str, Any] | None:

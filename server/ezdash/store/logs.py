@@ -20,8 +20,8 @@ import orjson
 from redis.asyncio import Redis
 
 from ..keys import Keys
-from ..metrics.recorder import BatchMismatch
 from ..timeutil import format_ms, parse_time
+from .errors import IdempotencyMismatch
 from .scripts import Scripts
 from .tail import StreamTail, read_after
 
@@ -207,7 +207,7 @@ class LogStore:
         )
         if res[0] == "seen":
             if res[1] != fingerprint:
-                raise BatchMismatch(batch_id)
+                raise IdempotencyMismatch("batch")
             return None
         return [str(x) for x in res[1:]]
 

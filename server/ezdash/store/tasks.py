@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from ..ids import new_id
 from ..keys import FINISHED_STATUSES, GROUP, TASK_STATUSES, Keys
 from ..timeutil import format_ms
+from .errors import Conflict, IdempotencyMismatch, NotFound
 from .scripts import Scripts
 
 FIELDS = (
@@ -45,20 +46,20 @@ def drain_eta(depth: int, arrivals_per_min: float, service_per_min: float) -> fl
     return None if eta is None else round(eta, 1)
 
 
-class NotFound(LookupError):
-    """No such task/agent/command."""
+RETRYABLE = ("failed", "dead", "cancelled")
+CANCELLABLE = ("queued", "running")
+ALLOWED = {"retry": RETRYABLE, "cancel": CANCELLABLE}
+"""The statuses each transition accepts (the task_retry and task_cancel scripts)."""
 
 
-class Conflict(Exception):
-    """The object is in a state that does not allow the operation."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class IdempotencyMismatch(Exception):
-    """An Idempotency-Key was reused with a different request body."""
+def check_transition(task_id: str, status: str, action: str) -> None:
+    """Conflict unless a task in ``status`` may be retried or cancelled."""
+    allowed = ALLOWED[action]
+    if status not in allowed:
+        raise Conflict(
+            f"task {task_id!r} is {status}; only {', '.join(allowed)} tasks can {action}",
+            status,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +188,10 @@ class TaskStore:
         if res[0] == "duplicate":
             seen_fp, _, seen_id = res[1].partition("|")
             if seen_fp != fp:
-                raise IdempotencyMismatch(seen_id)
+                raise IdempotencyMismatch()
             task = await self.get(seen_id)
             if task is None:
-                raise NotFound(seen_id)
+                raise Conflict("the task first created with this Idempotency-Key is gone")
             return task, False
         created = format_ms(int(res[2]))
         return {  # what the script just wrote: no second round trip to read it back
@@ -211,21 +212,22 @@ class TaskStore:
         }, True
 
     async def cancel(self, tid: str) -> dict[str, Any]:
-        return await self._transition("task_cancel", tid)
+        return await self._transition("cancel", tid)
 
     async def retry(self, tid: str) -> dict[str, Any]:
-        return await self._transition("task_retry", tid)
+        return await self._transition("retry", tid)
 
-    async def _transition(self, script: str, tid: str) -> dict[str, Any]:
+    async def _transition(self, action: str, tid: str) -> dict[str, Any]:
         res = await self.scripts.run(
-            script, [self.keys.task(tid)], [self.keys.base, tid, self.maxlen]
+            f"task_{action}", [self.keys.task(tid)], [self.keys.base, tid, self.maxlen]
         )
         if res[0] == "gone":
-            raise NotFound(tid)
+            raise NotFound("task", tid)
         if res[0] == "conflict":
-            raise Conflict(res[1])
+            check_transition(tid, str(res[1]), action)
         task = await self.get(tid)
-        assert task is not None
+        if task is None:  # purged just now
+            raise NotFound("task", tid)
         return task
 
     # -- reads ----------------------------------------------------------------
@@ -481,4 +483,11 @@ class TaskStore:
         return gone
 
 
-__all__ = ["FINISHED_STATUSES", "Conflict", "Delivery", "NotFound", "TaskStore"]
+__all__ = [
+    "FINISHED_STATUSES",
+    "Conflict",
+    "Delivery",
+    "IdempotencyMismatch",
+    "NotFound",
+    "TaskStore",
+]
