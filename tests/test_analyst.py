@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from analytics.loader import read_file
+from analytics.files import read_file
 from ezdash.analysis.pool import AnalyticsPool
 from ezdash.analyst.app import serve_analyst, websocket_origins
 from ezdash.analyst.data import DAY, HOUR, AnalystData, Query

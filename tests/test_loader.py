@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analytics.loader import RedisSource, load_metric, read_file, to_file
+from analytics.files import read_file, to_file
+from ezdash.analysis.loader import RedisSource, load_metric
 
 from .conftest import Api
 from .test_metrics_api import ingest, make_events, put_agents

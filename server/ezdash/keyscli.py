@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .api.services import make_redis
 from .cliutil import redis_for
 from .keys import Keys
 from .security.apikeys import SCOPES, KeyStore
 from .security.secrets import load_secrets
 from .settings import Settings
+from .store.connect import make_redis
 
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:

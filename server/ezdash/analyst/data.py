@@ -1,6 +1,6 @@
 """What the analyst page reads and computes, with no Panel inside.
 
-Loading goes through :mod:`analytics.loader` and fits through the same worker jobs
+Loading goes through :mod:`ezdash.analysis.loader` and fits through the same worker jobs
 the API runs (``ezdash.analysis.jobs``), so the page and the API cannot disagree
 about a number. Everything here is a coroutine: Redis reads are awaited on the
 page's event loop, fits run in worker processes.
@@ -13,16 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from analytics.loader import COUNTER_METRICS, fleet_series, load_plan
-
 from ..analysis import jobs
+from ..analysis.loader import COUNTER_METRICS, fleet_series, load_plan
 from ..analysis.pool import AnalyticsPool, ResultCache
 from ..api.alerting import alerts_view
-from ..api.services import make_redis
 from ..keys import Keys
 from ..metrics.query import Plan, Reader, plan
 from ..metrics.rollup import parse_tiers
 from ..settings import Settings
+from ..store.connect import make_redis
 from ..store.scripts import Scripts
 from ..store.tasks import TaskStore
 

@@ -24,9 +24,10 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from redis.exceptions import RedisError
 
-from analytics.loader import METRICS, tidy
+from analytics.files import tidy
 
 from ..analysis.jobs import JobInputError
+from ..analysis.loader import METRICS
 from ..metrics.query import QueryError, fmt_step
 from ..timeutil import format_ms
 from .data import DAY, HOUR, AnalystData, Loaded, Query
@@ -394,7 +395,7 @@ class AnalystPage:
         )
 
     def _csv(self) -> io.StringIO:
-        """The loaded frame in the long form ``analytics.loader.read_file`` reads back."""
+        """The loaded frame in the long form ``analytics.files.read_file`` reads back."""
         out = io.StringIO()
         if self.loaded is not None:
             tidy(self.loaded.frame).to_csv(out, index=False)

@@ -28,6 +28,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from ..aio import reraise_if_cancelling
 from ..analysis import jobs
+from ..analysis.loader import fleet_series, load_plan
 from ..ids import new_id
 from ..keys import Keys
 from ..metrics.histogram import merge
@@ -37,7 +38,6 @@ from ..timeutil import format_ms, parse_duration
 if TYPE_CHECKING:
     from .services import Services
 
-from analytics.loader import fleet_series, load_plan
 
 log = logging.getLogger("ezdash.alerts")
 

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.loader import METRICS, fleet_series, load_plan
-
 from ..analysis import jobs
+from ..analysis.loader import METRICS, fleet_series, load_plan
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan, stats

@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from ..analysis.pool import AnalyticsPool, ResultCache
 from ..keys import Keys
@@ -29,36 +29,13 @@ from ..store.agents import AgentStore
 from ..store.availability import RedisWatch
 from ..store.batch import ScriptBatcher
 from ..store.commands import CommandStore
+from ..store.connect import make_redis
 from ..store.logs import LogStore, LogTail
 from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
 from .stats import RequestStats
 
 log = logging.getLogger("ezdash.services")
-
-
-REDIS_CONNECT_TIMEOUT_S = 2.0
-REDIS_SOCKET_TIMEOUT_S = 10.0
-"""No command on the shared pool blocks (tails have their own connections), so a
-reply slower than this means Redis is stuck: the request gets 503, not a hang."""
-
-
-def make_redis(url: str, max_connections: int, *, decode: bool = True) -> Redis:
-    """A client whose pool waits for a free connection instead of failing past the cap
-    (redis-py's default asyncio pool raises MaxConnectionsError under bursts)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=REDIS_CONNECT_TIMEOUT_S * 5,
-        decode_responses=decode,
-        # A connection idle this long is PINGed before use: after Redis restarts, the
-        # pool's stale connections reconnect instead of failing their next request.
-        health_check_interval=1,
-        socket_keepalive=True,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-    )
-    return Redis.from_pool(pool)
 
 
 class RecentKeys:

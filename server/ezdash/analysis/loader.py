@@ -1,9 +1,9 @@
-"""The loading layer: rollups in Redis (or an exported file) -> tidy pandas objects.
+"""The loading layer: rollups in Redis -> pandas objects for ``analytics``.
 
-Kept apart from the pure core (``analytics``) so the core never touches I/O.  The
-API, the Panel page and the notebooks all call ``load_metric``; notebooks use the
-synchronous :class:`RedisSource`, and :func:`read_file` lets an analyst work
-offline from a CSV or Parquet export made with :func:`to_file`.
+Server-side, so the pure core (``analytics``) imports nothing of the server. The
+API, the alert engine, the Panel page and the notebooks all load through
+``load_plan``/``load_metric``; notebooks use the synchronous :class:`RedisSource`,
+and ``analytics.files`` reads and writes exported loads to work offline.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from redis.asyncio import Redis
 
-from ezdash.keys import Keys
-from ezdash.metrics.query import Plan, Reader, percentiles, plan
-from ezdash.metrics.rollup import DEFAULT_TIERS, Tier, parse_tiers
-from ezdash.timeutil import now_ms as wall_now_ms
-from ezdash.timeutil import parse_duration, parse_time
+from ..keys import Keys
+from ..metrics.query import Plan, Reader, percentiles, plan
+from ..metrics.rollup import DEFAULT_TIERS, Tier, parse_tiers
+from ..timeutil import now_ms as wall_now_ms
+from ..timeutil import parse_duration, parse_time
 
 T = TypeVar("T")
 COUNTER_METRICS = {
@@ -198,43 +197,6 @@ class RedisSource:
             await raw.aclose()
 
 
-def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """A loaded frame in the long form (ts, group, value) that :func:`read_file` reads."""
-    return (
-        frame.rename_axis(index="ts", columns="group")
-        .reset_index()
-        .melt(id_vars="ts", var_name="group", value_name="value")
-    )
-
-
-def to_file(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a loaded frame in the tidy long form (ts, group, value): CSV, or Parquet
-    when the name ends in .parquet."""
-    path = Path(path)
-    tidy_frame = tidy(frame)
-    if path.suffix == ".parquet":
-        tidy_frame.to_parquet(path, index=False)
-    else:
-        tidy_frame.to_csv(path, index=False)
-    return path
-
-
-def read_file(path: str | Path) -> pd.DataFrame:
-    """Read a file written by :func:`to_file` back into the wide, UTC-indexed frame."""
-    path = Path(path)
-    long = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    missing = {"ts", "group", "value"} - set(long.columns)
-    if missing:
-        raise ValueError(f"{path}: expected columns ts, group, value (missing {sorted(missing)})")
-    long["ts"] = pd.to_datetime(long["ts"], utc=True)
-    long["group"] = long["group"].astype(str)
-    frame = long.pivot_table(
-        index="ts", columns="group", values="value", aggfunc="sum", dropna=False
-    ).sort_index()
-    frame.columns.name = "group"
-    return frame
-
-
 __all__ = [
     "METRICS",
     "NONNEGATIVE",
@@ -242,8 +204,5 @@ __all__ = [
     "fleet_series",
     "load_metric",
     "load_plan",
-    "read_file",
-    "tidy",
-    "to_file",
     "wall_now_ms",
 ]
