@@ -51,11 +51,17 @@ async def _ended(api: Api, cid: str, timeout: float) -> dict[str, Any]:
 
 
 async def _status(api: Api, agent_id: str, status: str, timeout: float = 15.0) -> None:
+    seen: list[Any] = []
+
     async def check() -> bool:
         r = await api.get(f"/api/agents/{agent_id}")
+        seen[:] = [r.status, r.json]
         return r.status == 200 and r.json["status"] == status
 
-    await wait_for(check, timeout, what=f"{agent_id} {status}")
+    try:
+        await wait_for(check, timeout, what=f"{agent_id} {status}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the agent: {seen}") from None
 
 
 async def _work(ctx: TaskContext) -> Any:
@@ -118,6 +124,10 @@ async def test_two_hundred_restarts_and_stops_all_complete(
     assert len(outcomes) == 200 and set(outcomes) == {"completed"}
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(
+        f"200 commands: p50 {latencies[len(latencies) // 2]:.0f} ms, p99 {p99:.0f} ms, "
+        f"max {latencies[-1]:.0f} ms; {len(made)} tasks created meanwhile"
+    )
     assert p99 < 5000, f"p99 create -> completed {p99:.0f} ms; slowest {latencies[-5:]}"
 
     async def worked() -> bool:  # the fleet kept working through it all

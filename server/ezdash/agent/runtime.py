@@ -407,11 +407,12 @@ class Agent:
         """Run a loop for the agent's whole life: each loop handles the Redis trouble it
         expects, and anything else it did not is logged and the loop started again
         (after a pause, so a bug cannot spin)."""
-        while True:
+        while not self._stopped.is_set():
             try:
                 await loop()
                 return
-            except Exception:
+            except Exception as e:
+                reraise_if_cancelling(e)  # a cancellation redis-py turned into an error
                 log.exception("%s: the %s loop failed; starting it again", self.id, name)
                 self.log("error", f"the agent's {name} loop failed and was restarted", loop=name)
                 await asyncio.sleep(1.0)
@@ -759,6 +760,8 @@ class Agent:
         return last
 
     async def _obey(self, cid: str, action: str, force: bool) -> None:
+        if self._stopped.is_set():
+            return  # a stopped agent obeys nothing: a new process of this id will
         status = await self.commands.update(cid, "acknowledged", agent_id=self.id)
         if status == "refused:acknowledged" and cid not in self._obeyed:
             pass  # our acknowledgement went through but its answer was lost: act now
