@@ -278,23 +278,27 @@ async def test_a_browser_signs_in_and_sees_the_page_fill_in(api: Api, served: Se
             await browser.close()
 
 
-async def test_filtering_to_one_model_shows_that_slice(page: Page) -> None:
+@pytest.mark.parametrize("dim", ["model", "provider"])
+async def test_filtering_to_one_group_shows_that_slice(page: Page, dim: str) -> None:
+    """Grouped by a dimension, then filtered to its busiest group: the same line.
+    ``provider`` reached the page through the metric catalog alone."""
     p = page.page
-    p.group_by.value = "model"
+    p.group_by.value = dim
     await p.refresh()
     await wait_for(lambda: _done(p), timeout=60, what="the grouped view")
     assert p.loaded is not None
-    by_model = p.loaded.frame.copy()
+    by_group = p.loaded.frame.copy()
+    assert len(by_group.columns) >= 2
     p.group_by.value = "none"
-    p.filter_dim.value = "model"
-    await wait_for(lambda: _async(bool(p.filter_value.options)), timeout=30, what="the model list")
-    assert set(p.filter_value.options) == set(by_model.columns)
+    p.filter_dim.value = dim
+    await wait_for(lambda: _async(bool(p.filter_value.options)), timeout=30, what="the group list")
+    assert set(p.filter_value.options) == set(by_group.columns)
     busiest = str(p.filter_value.value)  # most requests first (the default choice)
     assert busiest == p.filter_value.options[0]
     await p.refresh()
     await wait_for(lambda: _done(p), timeout=60, what="the filtered view")
-    assert p.current_query().filters == (("model", busiest),)
-    np.testing.assert_allclose(_fleet_line(p), by_model[busiest].to_numpy(), atol=1e-9)
+    assert p.current_query().filters == ((dim, busiest),)
+    np.testing.assert_allclose(_fleet_line(p), by_group[busiest].to_numpy(), atol=1e-9)
 
 
 async def _async(value: bool) -> bool:

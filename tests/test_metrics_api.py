@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
+from ezdash.metrics import catalog
 from ezdash.redis_server import RedisServer
 from ezdash.timeutil import format_ms, parse_time
 
@@ -132,6 +133,7 @@ def expected(
             "none": "",
             "agent": e["agent_id"],
             "model": e["model"],
+            "provider": e["provider"],
             "kind": AGENTS[e["agent_id"]],
             "queue": e.get("_queue", ""),
         }[dim]
@@ -170,7 +172,7 @@ async def test_exact_sums_at_every_tier_and_grouping(api: Api) -> None:
     for step, tier in (("1m", "1m"), ("5m", "1m"), ("1h", "1h"), ("1d", "1d")):
         step_ms = {"1m": 60_000, "5m": 300_000, "1h": HOUR, "1d": 86_400_000}[step]
         frm = now - 41 * HOUR
-        for dim in ("none", "agent", "model", "kind", "queue"):
+        for dim in ("none", *catalog.NAMES):
             q = f"from={frm // 1000}&to={(now + 60_000) // 1000}&step={step}&group_by={dim}"
             tok = (await api.get(f"/api/metrics/tokens?{q}")).json
             cost = (await api.get(f"/api/metrics/costs?{q}")).json
@@ -459,3 +461,66 @@ async def test_price_change_applies_from_its_date(tmp_path: Path, settings: Any)
         assert [m["effective_from"] for m in prices["models"]] == ["2020-01-01", str(today)]
     finally:
         await stop_api(api)
+
+
+def _by(events: list[dict[str, Any]], dim: str, field: str, **only: str) -> dict[str, int]:
+    """Per value of ``dim`` (a catalog dimension), the sum of ``field`` over events."""
+    out: dict[str, int] = defaultdict(int)
+    for e in events:
+        labels = {"agent": e["agent_id"], "kind": AGENTS[e["agent_id"]], **e}
+        if all(labels[k] == v for k, v in only.items()):
+            out[labels[dim]] += e[field]
+    return dict(out)
+
+
+async def test_provider_is_a_dimension_everywhere_the_catalog_reaches(api: Api) -> None:
+    """``provider`` came in as one line of the catalog: it groups and filters the
+    metrics and the analytics, refuses what the rollups do not keep, and pairs that
+    the catalog keeps together answer both ways round (kind by agent as agent by kind)."""
+    await put_agents(api)
+    now = await api.services.redis_now_ms()
+    events = [e for e in make_events(now, n=240, seed=11) if e["_ms"] >= now - 23 * HOUR]
+    await ingest(api, events)
+    q = "from=now-24h&step=1h"
+
+    tok = (await api.get(f"/api/metrics/tokens?{q}&group_by=provider")).json
+    got = {s["group"]["provider"]: sum(s["values"]["input_tokens"]) for s in tok["series"]}
+    assert got == _by(events, "provider", "input_tokens") and len(got) == 3
+    one = (await api.get(f"/api/metrics/tokens?{q}&provider=anthropic")).json
+    assert one["totals"]["input_tokens"] == _by(events, "provider", "input_tokens")["anthropic"]
+    costs = (await api.get(f"/api/metrics/costs?{q}&group_by=provider")).json
+    by_cost = {
+        s["group"]["provider"]: round(sum(s["values"]["cost_usd"]) * 1e9) for s in costs["series"]
+    }
+    want: dict[str, int] = defaultdict(int)
+    for e in events:
+        want[e["provider"]] += nanos(e)
+    assert by_cost == dict(want)
+
+    hist = await api.get(f"/api/analytics/history?metric=input_tokens&{q}&group_by=provider")
+    assert hist.status == 200, hist.json
+    got = {s["group"]["provider"]: sum(s["values"]["input_tokens"]) for s in hist.json["series"]}
+    assert got == _by(events, "provider", "input_tokens")
+    trends = await api.get("/api/analytics/trends?metric=requests&window=1d&group_by=provider")
+    assert trends.status == 200, trends.json
+    assert {i["group"]["provider"] for i in trends.json["items"]} == set(want)
+
+    # a pair kept together answers grouped either way round
+    by_kind = (await api.get(f"/api/metrics/tokens?{q}&group_by=kind&agent=ag-3")).json
+    got = {s["group"]["kind"]: sum(s["values"]["input_tokens"]) for s in by_kind["series"]}
+    assert (
+        got
+        == _by(events, "kind", "input_tokens", agent_id="ag-3")
+        == {"researcher": _by(events, "agent", "input_tokens")["ag-3"]}
+    )
+
+    for query, field in (
+        ("provider=a|b", "provider"),
+        ("group_by=provider&agent=ag-1", "agent"),
+        ("provider=openai&model=gpt-4o", "provider"),
+    ):
+        r = await api.get(f"/api/metrics/tokens?{query}")
+        assert r.status in (400, 422), (query, r.json)
+        assert r.json["errors"][0]["field"] == field, (query, r.json)
+    r = await api.get("/api/analytics/trends?metric=requests&group_by=provider&queue=q")
+    assert r.status in (400, 422) and r.json["errors"][0]["field"] == "queue", r.json

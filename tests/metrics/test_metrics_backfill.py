@@ -36,8 +36,9 @@ from ezdash.metrics.backfill import (
     reference_aggregator,
     roll_up,
 )
+from ezdash.metrics.catalog import COUNTERS
 from ezdash.metrics.pricing import PriceTable, load_price_table, parse_price_table
-from ezdash.metrics.rollup import COUNTERS, DEFAULT_TIERS, Aggregator, parse_tiers
+from ezdash.metrics.rollup import DEFAULT_TIERS, Aggregator, parse_tiers
 from ezdash.timeutil import format_ms
 from tests.conftest import REPO, Api
 

@@ -3422,12 +3422,14 @@ export interface operations {
                 to?: string | unknown | unknown | unknown;
                 /** @description Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window */
                 step?: string;
-                /** @description How to split and narrow the fleet: group_by and the filters agent, model, kind and queue, in the combinations the rollups keep (one filter; agent with model or kind; with group_by, a filter on the same dimension, or agent/model and agent/kind pairs) */
+                /** @description How to split and narrow the fleet: group_by and the filters agent, model, provider, kind, queue, in the combinations the rollups keep (one filter, or the two of a pair kept together: agent with model, kind with agent; with group_by, a filter on the same dimension, or group by one of such a pair and filter by the other) */
                 slice?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
                 } | {
+                    provider: string;
+                } | {
                     kind: string;
                 } | {
                     queue: string;
@@ -3451,6 +3453,10 @@ export interface operations {
                 } | {
                     /** @constant */
                     group_by: "none";
+                    provider: string;
+                } | {
+                    /** @constant */
+                    group_by: "none";
                     kind: string;
                 } | {
                     /** @constant */
@@ -3492,9 +3498,20 @@ export interface operations {
                     /** @constant */
                     group_by: "model";
                     model: string;
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                    provider: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
+                } | {
+                    /** @constant */
+                    group_by: "kind";
+                    agent: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
@@ -3588,12 +3605,14 @@ export interface operations {
                 to?: string | unknown | unknown | unknown;
                 /** @description Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window */
                 step?: string;
-                /** @description How to split and narrow the fleet: group_by and the filters agent, model, kind and queue, in the combinations the rollups keep (one filter; agent with model or kind; with group_by, a filter on the same dimension, or agent/model and agent/kind pairs) */
+                /** @description How to split and narrow the fleet: group_by and the filters agent, model, provider, kind, queue, in the combinations the rollups keep (one filter, or the two of a pair kept together: agent with model, kind with agent; with group_by, a filter on the same dimension, or group by one of such a pair and filter by the other) */
                 slice?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
                 } | {
+                    provider: string;
+                } | {
                     kind: string;
                 } | {
                     queue: string;
@@ -3617,6 +3636,10 @@ export interface operations {
                 } | {
                     /** @constant */
                     group_by: "none";
+                    provider: string;
+                } | {
+                    /** @constant */
+                    group_by: "none";
                     kind: string;
                 } | {
                     /** @constant */
@@ -3658,9 +3681,20 @@ export interface operations {
                     /** @constant */
                     group_by: "model";
                     model: string;
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                    provider: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
+                } | {
+                    /** @constant */
+                    group_by: "kind";
+                    agent: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
@@ -3754,12 +3788,14 @@ export interface operations {
                 to?: string | unknown | unknown | unknown;
                 /** @description Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window */
                 step?: string;
-                /** @description How to split and narrow the fleet: group_by and the filters agent, model, kind and queue, in the combinations the rollups keep (one filter; agent with model or kind; with group_by, a filter on the same dimension, or agent/model and agent/kind pairs) */
+                /** @description How to split and narrow the fleet: group_by and the filters agent, model, provider, kind, queue, in the combinations the rollups keep (one filter, or the two of a pair kept together: agent with model, kind with agent; with group_by, a filter on the same dimension, or group by one of such a pair and filter by the other) */
                 slice?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
                 } | {
+                    provider: string;
+                } | {
                     kind: string;
                 } | {
                     queue: string;
@@ -3783,6 +3819,10 @@ export interface operations {
                 } | {
                     /** @constant */
                     group_by: "none";
+                    provider: string;
+                } | {
+                    /** @constant */
+                    group_by: "none";
                     kind: string;
                 } | {
                     /** @constant */
@@ -3824,9 +3864,20 @@ export interface operations {
                     /** @constant */
                     group_by: "model";
                     model: string;
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                    provider: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
+                } | {
+                    /** @constant */
+                    group_by: "kind";
+                    agent: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
@@ -3920,12 +3971,14 @@ export interface operations {
                 to?: string | unknown | unknown | unknown;
                 /** @description Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window */
                 step?: string;
-                /** @description How to split and narrow the fleet: group_by and the filters agent, model, kind and queue, in the combinations the rollups keep (one filter; agent with model or kind; with group_by, a filter on the same dimension, or agent/model and agent/kind pairs) */
+                /** @description How to split and narrow the fleet: group_by and the filters agent, model, provider, kind, queue, in the combinations the rollups keep (one filter, or the two of a pair kept together: agent with model, kind with agent; with group_by, a filter on the same dimension, or group by one of such a pair and filter by the other) */
                 slice?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
                 } | {
+                    provider: string;
+                } | {
                     kind: string;
                 } | {
                     queue: string;
@@ -3949,6 +4002,10 @@ export interface operations {
                 } | {
                     /** @constant */
                     group_by: "none";
+                    provider: string;
+                } | {
+                    /** @constant */
+                    group_by: "none";
                     kind: string;
                 } | {
                     /** @constant */
@@ -3990,9 +4047,20 @@ export interface operations {
                     /** @constant */
                     group_by: "model";
                     model: string;
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                    provider: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
+                } | {
+                    /** @constant */
+                    group_by: "kind";
+                    agent: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
@@ -5157,12 +5225,14 @@ export interface operations {
                 to?: string | unknown | unknown | unknown;
                 /** @description Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window */
                 step?: string;
-                /** @description How to split and narrow the fleet: group_by and the filters agent, model, kind and queue, in the combinations the rollups keep (one filter; agent with model or kind; with group_by, a filter on the same dimension, or agent/model and agent/kind pairs) */
+                /** @description How to split and narrow the fleet: group_by and the filters agent, model, provider, kind, queue, in the combinations the rollups keep (one filter, or the two of a pair kept together: agent with model, kind with agent; with group_by, a filter on the same dimension, or group by one of such a pair and filter by the other) */
                 slice?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
                 } | {
+                    provider: string;
+                } | {
                     kind: string;
                 } | {
                     queue: string;
@@ -5186,6 +5256,10 @@ export interface operations {
                 } | {
                     /** @constant */
                     group_by: "none";
+                    provider: string;
+                } | {
+                    /** @constant */
+                    group_by: "none";
                     kind: string;
                 } | {
                     /** @constant */
@@ -5227,9 +5301,20 @@ export interface operations {
                     /** @constant */
                     group_by: "model";
                     model: string;
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                    provider: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
+                } | {
+                    /** @constant */
+                    group_by: "kind";
+                    agent: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
@@ -5321,12 +5406,14 @@ export interface operations {
                 metric: "input_tokens" | "output_tokens" | "cached_tokens" | "cache_creation_tokens" | "reasoning_tokens" | "total_tokens" | "cost_usd" | "requests" | "errors" | "tasks_completed" | "tasks_failed" | "error_rate" | "success_rate" | "latency_p50_ms" | "latency_p95_ms" | "latency_p99_ms" | "task_duration_p95_s";
                 /** @description Window in whole hours; default 7d */
                 window?: string;
-                /** @description How to split and narrow the fleet: group_by and the filters agent, model, kind and queue, in the combinations the rollups keep (one filter; agent with model or kind; with group_by, a filter on the same dimension, or agent/model and agent/kind pairs) */
+                /** @description How to split and narrow the fleet: group_by and the filters agent, model, provider, kind, queue, in the combinations the rollups keep (one filter, or the two of a pair kept together: agent with model, kind with agent; with group_by, a filter on the same dimension, or group by one of such a pair and filter by the other) */
                 slice?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
                 } | {
+                    provider: string;
+                } | {
                     kind: string;
                 } | {
                     queue: string;
@@ -5350,6 +5437,10 @@ export interface operations {
                 } | {
                     /** @constant */
                     group_by: "none";
+                    provider: string;
+                } | {
+                    /** @constant */
+                    group_by: "none";
                     kind: string;
                 } | {
                     /** @constant */
@@ -5391,9 +5482,20 @@ export interface operations {
                     /** @constant */
                     group_by: "model";
                     model: string;
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                } | {
+                    /** @constant */
+                    group_by: "provider";
+                    provider: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
+                } | {
+                    /** @constant */
+                    group_by: "kind";
+                    agent: string;
                 } | {
                     /** @constant */
                     group_by: "kind";
@@ -5500,11 +5602,13 @@ export interface operations {
                 levels?: string;
                 /** @description History fitted, whole hours; default 30d */
                 history?: string;
-                /** @description Narrow the fleet: agent, model, kind or queue, one at a time or agent with model or kind */
+                /** @description Narrow the fleet: agent, model, provider, kind, queue, one at a time or the two of a pair kept together (agent with model, kind with agent) */
                 filters?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
+                } | {
+                    provider: string;
                 } | {
                     kind: string;
                 } | {
@@ -5608,11 +5712,13 @@ export interface operations {
                 step?: string;
                 /** @description Robust sigmas (2-20), default 4 */
                 threshold?: number;
-                /** @description Narrow the fleet: agent, model, kind or queue, one at a time or agent with model or kind */
+                /** @description Narrow the fleet: agent, model, provider, kind, queue, one at a time or the two of a pair kept together (agent with model, kind with agent) */
                 filters?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
+                } | {
+                    provider: string;
                 } | {
                     kind: string;
                 } | {
@@ -5710,11 +5816,13 @@ export interface operations {
             query?: {
                 /** @description Interval level in percent, default 80 */
                 level?: number;
-                /** @description Narrow the fleet: agent, model, kind or queue, one at a time or agent with model or kind */
+                /** @description Narrow the fleet: agent, model, provider, kind, queue, one at a time or the two of a pair kept together (agent with model, kind with agent) */
                 filters?: Record<string, never> | {
                     agent: string;
                 } | {
                     model: string;
+                } | {
+                    provider: string;
                 } | {
                     kind: string;
                 } | {

@@ -18,33 +18,14 @@ import pandas as pd
 from redis.asyncio import Redis
 
 from ..keys import Keys
+from ..metrics.catalog import COUNTER_METRICS, METRIC, METRIC_NAMES
 from ..metrics.query import Plan, Reader, percentiles, plan
 from ..metrics.rollup import DEFAULT_TIERS, Tier, parse_tiers
 from ..timeutil import now_ms as wall_now_ms
 from ..timeutil import parse_duration, parse_time
 
 T = TypeVar("T")
-COUNTER_METRICS = {
-    "input_tokens": ("input_tokens",),
-    "output_tokens": ("output_tokens",),
-    "cached_tokens": ("cached_tokens",),
-    "cache_creation_tokens": ("cache_creation_tokens",),
-    "reasoning_tokens": ("reasoning_tokens",),
-    "total_tokens": ("input_tokens", "output_tokens"),
-    "cost_usd": ("cost_nanos",),
-    "requests": ("requests",),
-    "errors": ("errors",),
-    "tasks_completed": ("tasks_completed",),
-    "tasks_failed": ("tasks_failed",),
-}
-RATIO_METRICS = {"error_rate": ("errors", "requests"), "success_rate": ("ok", "requests")}
-HISTOGRAM_METRICS = {
-    "latency_p50_ms": ("latency", 0.5, 1.0),
-    "latency_p95_ms": ("latency", 0.95, 1.0),
-    "latency_p99_ms": ("latency", 0.99, 1.0),
-    "task_duration_p95_s": ("duration", 0.95, 1e-3),
-}
-METRICS = (*COUNTER_METRICS, *RATIO_METRICS, *HISTOGRAM_METRICS)
+METRICS = METRIC_NAMES
 NONNEGATIVE = frozenset(METRICS)
 """Every metric the dashboard shows is a count, an amount, a rate or a duration."""
 
@@ -67,27 +48,29 @@ async def load_plan(reader: Reader, p: Plan, metric: str) -> pd.DataFrame:
     labels = [label if p.label else "all" for _, label in groups]
     index = index_for(p)
     columns: dict[str, Any] = {}
-    if metric in COUNTER_METRICS:
-        data = await reader.counters(p, stored, list(COUNTER_METRICS[metric]))
+    m = METRIC[metric]
+    if m.counters:
+        data = await reader.counters(p, stored, list(m.counters))
         for g, label in zip(stored, labels, strict=True):
             total = np.zeros(p.buckets, dtype=np.int64)
-            for m in COUNTER_METRICS[metric]:
-                total = total + data[(g, m)]
-            columns[label] = total / 1e9 if metric == "cost_usd" else total
-    elif metric in RATIO_METRICS:
+            for c in m.counters:
+                total = total + data[(g, c)]
+            columns[label] = total / m.divisor if m.divisor != 1.0 else total
+    elif m.ratio is not None:
         data = await reader.counters(p, stored, ["errors", "requests"])
         for g, label in zip(stored, labels, strict=True):
             req = data[(g, "requests")].astype(float)
             err = data[(g, "errors")].astype(float)
-            num = err if metric == "error_rate" else req - err
+            num = err if m.ratio[0] == "errors" else req - err
             with np.errstate(invalid="ignore", divide="ignore"):
                 columns[label] = np.where(req > 0, num / np.where(req > 0, req, 1), np.nan)
     else:
-        name, q, scale = HISTOGRAM_METRICS[metric]
+        assert m.histogram is not None
+        name, q = m.histogram
         hists = await reader.histograms(p, stored, name)
         for g, label in zip(stored, labels, strict=True):
             (qvalues,) = percentiles(hists[g], (q,))
-            columns[label] = np.array([np.nan if v is None else v * scale for v in qvalues])
+            columns[label] = np.array([np.nan if v is None else v / m.divisor for v in qvalues])
     frame = pd.DataFrame(columns, index=index)
     frame.index.name = "ts"
     frame.columns.name = p.label or "group"

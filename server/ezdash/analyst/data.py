@@ -14,10 +14,11 @@ from typing import Any
 import pandas as pd
 
 from ..analysis import jobs
-from ..analysis.loader import COUNTER_METRICS, fleet_series, load_plan
+from ..analysis.loader import fleet_series, load_plan
 from ..analysis.pool import AnalyticsPool, ResultCache
 from ..api.alerting import alerts_view
 from ..keys import Keys
+from ..metrics.catalog import COUNTER_METRICS
 from ..metrics.query import Plan, Reader, plan
 from ..metrics.rollup import parse_tiers
 from ..settings import Settings

@@ -28,6 +28,7 @@ from analytics.files import tidy
 
 from ..analysis.jobs import JobInputError
 from ..analysis.loader import METRICS
+from ..metrics import catalog
 from ..metrics.query import QueryError, fmt_step
 from ..timeutil import format_ms
 from .data import DAY, HOUR, AnalystData, Loaded, Query
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 WINDOWS = {"24 hours": DAY, "7 days": 7 * DAY, "30 days": 30 * DAY, "90 days": 90 * DAY}
 STEPS = {"5 minutes": 5 * 60_000, "1 hour": HOUR, "1 day": DAY}
 HORIZONS = {"1 day": DAY, "2 days": 2 * DAY, "7 days": 7 * DAY, "30 days": 30 * DAY}
-GROUPS = ("none", "agent", "model", "kind", "queue")
-FILTER_DIMS = ("agent", "model", "kind", "queue")
+GROUPS = ("none", *catalog.NAMES)
+FILTER_DIMS = catalog.NAMES
 MAX_LINES = 8  # more groups than this is a table's job, not a chart's
 REFRESH_MS = 60_000
 

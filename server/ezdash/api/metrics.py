@@ -6,19 +6,12 @@ import time
 
 import orjson
 
+from ..metrics import catalog
+from ..metrics.catalog import TOKEN_COUNTERS, QueryError, supported
 from ..metrics.events import validate_batch
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
-from ..metrics.query import (
-    GROUP_DIMS,
-    Plan,
-    QueryError,
-    envelope,
-    percentiles,
-    plan,
-    ratio,
-    supported,
-)
+from ..metrics.query import Plan, envelope, percentiles, plan, ratio
 from ..metrics.recorder import Batch, write_batch
 from ..store.tasks import fingerprint
 from .base import APIHandler
@@ -39,22 +32,22 @@ from .params import (
 
 NO_PIPE = r"^[^|]{1,200}$"
 """Filter values name a rollup cell; '|' joins the parts of combined dimensions."""
-FILTER_PARAMS: tuple[Param, ...] = tuple(
-    AGENT
-    if dim == "agent"
-    else Text(
-        dim,
-        f"Only this {dim}",
-        max_len=64 if dim == "queue" else 200,
-        pattern=QUEUE_PATTERN if dim == "queue" else NO_PIPE,
-        hint="queue names are 1-64 characters of A-Z a-z 0-9 . _ -"
-        if dim == "queue"
-        else "1 to 200 characters without '|'",
-    )
-    for dim in GROUP_DIMS
-)
+
+
+def _filter(dim: catalog.Dimension) -> Param:
+    """The query parameter filtering on a dimension, validated as its values are."""
+    if dim.values == "agent_id":
+        return AGENT
+    if dim.values == "queue":
+        hint = "queue names are 1-64 characters of A-Z a-z 0-9 . _ -"
+        return Text(dim.name, f"Only this {dim.name}", max_len=64, pattern=QUEUE_PATTERN, hint=hint)
+    hint = "1 to 200 characters without '|'"
+    return Text(dim.name, f"Only this {dim.name}", max_len=200, pattern=NO_PIPE, hint=hint)
+
+
+FILTER_PARAMS: tuple[Param, ...] = tuple(_filter(d) for d in catalog.DIMENSIONS)
 FILTERS = tuple(p.name for p in FILTER_PARAMS)
-GROUP_BY = Choice("group_by", "Dimension to split by", values=("none", *GROUP_DIMS))
+GROUP_BY = Choice("group_by", "Dimension to split by", values=("none", *catalog.NAMES))
 STEP = Duration(
     "step",
     "Bucket size in whole seconds (1m, 5m, 1h, 1d...); default chosen from the window",
@@ -67,28 +60,24 @@ def _slice_ok(args: dict[str, str]) -> bool:
     return supported(args.get("group_by", "none"), {f: args[f] for f in FILTERS if f in args})
 
 
+_NAMES = ", ".join(catalog.NAMES)
+_PAIRS = catalog.pairs_text()
 SLICE = Group(
     "slice",
-    "How to split and narrow the fleet: group_by and the filters agent, model, kind and "
-    "queue, in the combinations the rollups keep (one filter; agent with model or kind; "
-    "with group_by, a filter on the same dimension, or agent/model and agent/kind pairs)",
+    f"How to split and narrow the fleet: group_by and the filters {_NAMES}, in the "
+    f"combinations the rollups keep (one filter, or the two of a pair kept together: "
+    f"{_PAIRS}; with group_by, a filter on the same dimension, or group by one of such "
+    "a pair and filter by the other)",
     (GROUP_BY, *FILTER_PARAMS),
     _slice_ok,
 )
 FILTER_ONLY = Group(
     "filters",
-    "Narrow the fleet: agent, model, kind or queue, one at a time or agent with model or kind",
+    f"Narrow the fleet: {_NAMES}, one at a time or the two of a pair kept together ({_PAIRS})",
     FILTER_PARAMS,
     _slice_ok,
 )
 METRICS_QUERY: tuple[Param | Group, ...] = (FROM, TO, STEP, SLICE)
-TOKEN_COUNTERS = (
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-)
 
 
 class MetricsHandler(APIHandler):

@@ -58,18 +58,10 @@ from ..keys import Keys, MetricKeys
 from ..store.scripts import Scripts
 from ..timeutil import format_ms
 from . import histogram
+from .catalog import ALL, COUNTERS, SEP, STORED, STORED_KEYS, Labels, Stored, labels
 from .pricing import NANOS_PER_USD, PriceTable, load_price_table
 from .recorder import Batch, write_batch
-from .rollup import (
-    ALL,
-    COUNTERS,
-    DEFAULT_TIERS,
-    DIMENSIONS,
-    Aggregator,
-    Labels,
-    Tier,
-    parse_tiers,
-)
+from .rollup import DEFAULT_TIERS, Aggregator, Tier, parse_tiers
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -701,12 +693,14 @@ def keep_retained(cells: Cells, tier: Tier, now_ms: int) -> Cells:
 
 @dataclass(frozen=True)
 class LabelTable:
-    """Index -> label names, shared by every cell of a backfill."""
+    """Index -> label names, shared by every cell of a backfill.  A cell holds an
+    agent and a model index; every other dimension is a function of one of them."""
 
     agents: tuple[str, ...]
     kinds: tuple[str, ...]  # per agent
     queues: tuple[str, ...]  # per agent
     models: tuple[str, ...]
+    providers: tuple[str, ...]  # per model
 
     @classmethod
     def of(cls, sim: Simulation) -> LabelTable:
@@ -715,40 +709,61 @@ class LabelTable:
             tuple(a.kind for a in sim.agents),
             tuple(a.queue for a in sim.agents),
             tuple(sim.models),
+            tuple(MODELS[m].provider for m in sim.models),
         )
 
     def labels(self, agent: int, model: int) -> Labels:
-        return (
-            self.agents[agent],
-            self.models[model] if model >= 0 else "",
-            self.kinds[agent],
-            self.queues[agent],
+        return labels(
+            agent=self.agents[agent],
+            model=self.models[model] if model >= 0 else "",
+            provider=self.providers[model] if model >= 0 else "",
+            kind=self.kinds[agent],
+            queue=self.queues[agent],
         )
+
+    def values(self, dim: str) -> tuple[tuple[str, ...], IntArray, str]:
+        """A dimension's value names, each agent's or model's index into them, and
+        which of the two (``agent`` or ``model``) it is a function of."""
+        per_agent = {"agent": self.agents, "kind": self.kinds, "queue": self.queues}
+        per_model = {"model": self.models, "provider": self.providers}
+        of, owner = (per_agent[dim], "agent") if dim in per_agent else (per_model[dim], "model")
+        names = tuple(sorted(set(of)))
+        index = {name: i for i, name in enumerate(names)}
+        return names, np.array([index[v] for v in of], dtype=np.int64), owner
 
     def dims(
         self, cells: Cells, tasks: bool
     ) -> Iterator[tuple[str, IntArray, Callable[[int], str]]]:
         """Per stored dimension: each cell's group as an integer, and its name.  The
-        same dimensions ``Aggregator.groups`` yields for these labels."""
-        a, m = cells.agent, cells.model
-        n_models = len(self.models)
-        kind_names = sorted(set(self.kinds))
-        queue_names = sorted(set(self.queues))
-        kind_of = np.array([kind_names.index(k) for k in self.kinds], dtype=np.int64)
-        queue_of = np.array([queue_names.index(q) for q in self.queues], dtype=np.int64)
-        yield "all", np.zeros_like(a), lambda g: ALL
-        yield "agent", a, self.agents.__getitem__
-        if not tasks:
-            yield "model", m, self.models.__getitem__
-        yield "kind", kind_of[a], kind_names.__getitem__
-        yield "queue", queue_of[a], queue_names.__getitem__
-        if not tasks:
-            yield (
-                "am",
-                a * n_models + m,
-                lambda g: f"{self.agents[g // n_models]}|{self.models[g % n_models]}",
-            )
-        yield "ka", a, lambda g: f"{self.kinds[g]}|{self.agents[g]}"
+        same dimensions ``catalog.groups`` yields for these labels (task outcomes
+        carry no model, so no calls-only dimension)."""
+        for stored in STORED:
+            if not (tasks and stored.calls_only):
+                yield stored.key, *self._gid(stored, cells)
+
+    def _gid(self, stored: Stored, cells: Cells) -> tuple[IntArray, Callable[[int], str]]:
+        """Mixed-radix group ids over the stored dimension's parts."""
+        if not stored.parts:
+            return np.zeros_like(cells.agent), lambda g: ALL
+        gid = np.zeros_like(cells.agent)
+        tables = []
+        for part in stored.parts:
+            names, index, owner = self.values(part)
+            gid = gid * len(names) + index[cells.agent if owner == "agent" else cells.model]
+            tables.append(names)
+
+        def name(g: int) -> str:
+            out = []
+            for names in reversed(tables):
+                g, i = divmod(g, len(names))
+                out.append(names[i])
+            return SEP.join(reversed(out))
+
+        return gid, name
+
+    def cardinality(self, stored: Stored) -> int:
+        """At most how many groups the stored dimension has (for batch sizing)."""
+        return math.prod(len(self.values(p)[0]) for p in stored.parts)
 
 
 def _interleave(left: npt.NDArray[Any], right: npt.NDArray[Any]) -> list[Any]:
@@ -772,7 +787,7 @@ class CellAggregator(Aggregator):
         names: LabelTable,
         parts: list[tuple[Cells, bool]],
         *,
-        dims: tuple[str, ...] = DIMENSIONS,
+        dims: tuple[str, ...] = STORED_KEYS,
         newest: int,
         events: int,
     ) -> None:
@@ -898,8 +913,8 @@ TARGET_ARGS = 40_000
 scripts better than a few huge ones), and a batch holds the event loop for well
 under 0.1 s to encode, so a server backfilling its own store keeps answering."""
 
-SHARED_DIMS = ("all", "model", "kind", "queue")
-AGENT_DIMS = ("agent", "am", "ka")
+AGENT_DIMS = tuple(s.key for s in STORED if "agent" in s.parts)
+SHARED_DIMS = tuple(s.key for s in STORED if s.key not in AGENT_DIMS)
 """Batches split the dimensions: the per-agent ones by groups of agents over the
 whole chunk, so each of their keys gets one record per chunk (a BITFIELD and an
 EXPIRE cost Redis as much as a few dozen increments); the few shared groups by
@@ -935,7 +950,7 @@ def batches(
     n_agents = len(names.agents)
 
     # shared dimensions: slices of whole buckets
-    n_shared = 1 + len(names.models) + len(set(names.kinds)) + len(set(names.queues))
+    n_shared = sum(names.cardinality(s) for s in STORED if s.key in SHARED_DIMS)
     buckets = np.unique(np.concatenate([c.bucket for c, _ in parts]))
     if not buckets.size:
         return out
@@ -963,11 +978,15 @@ def batches(
 
     # per-agent dimensions: groups of agents, all buckets of the chunk
     per_agent = np.zeros(n_agents)
+    per_agent_dims = {
+        t: sum(1 for s in STORED if s.key in AGENT_DIMS and not (t and s.calls_only))
+        for t in (False, True)
+    }
     for cells, tasks_ in parts:
         entries = np.count_nonzero(cells.values, axis=1)
         entries += np.bincount(cells.hist_cell, minlength=len(cells))
         per_agent += np.bincount(
-            cells.agent, weights=2 * (2 if tasks_ else 3) * entries, minlength=n_agents
+            cells.agent, weights=2 * per_agent_dims[tasks_] * entries, minlength=n_agents
         )
     for lo, hi in _cut(per_agent.tolist(), target_args):
         chosen = []

@@ -18,19 +18,12 @@ from redis.asyncio import Redis
 from ..keys import MetricKeys
 from ..timeutil import format_duration, format_ms
 from . import histogram
-from .rollup import ALL, Tier
+from .catalog import QueryError as QueryError  # what plan() raises
+from .catalog import slice_for
+from .rollup import Tier
 
 MAX_BUCKETS = 10_000
 NICE_STEPS_MS = (60_000, 300_000, 900_000, 3_600_000, 21_600_000, 86_400_000, 604_800_000)
-GROUP_DIMS = ("agent", "model", "kind", "queue")
-
-
-class QueryError(ValueError):
-    """A query that cannot be answered as asked; ``field`` names the parameter."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -110,60 +103,13 @@ def plan(
         end_ms = max(end_ms, start_ms)
     start = start_ms // step_ms * step_ms
     end = max(start, -(-end_ms // step_ms) * step_ms) if end_ms > start_ms else start
-    dim, groups, label, part, prefix = _groups(group_by, filters)
-    return Plan(tier, step_ms, start, end, dim, groups, label, part, prefix)
+    sl = slice_for(group_by, filters)
+    return Plan(tier, step_ms, start, end, sl.dim, sl.groups, sl.label, sl.label_part, sl.prefix)
 
 
 def _tier_for(tiers: Sequence[Tier], step_ms: int, start_ms: int, now_ms: int) -> Tier | None:
     ok = [t for t in tiers if step_ms % t.step_ms == 0 and start_ms >= now_ms - t.retention_ms]
     return ok[-1] if ok else None  # the coarsest that fits
-
-
-def supported(group_by: str, filters: dict[str, str]) -> bool:
-    """Whether the rollups answer this grouping with these filters (see ``_groups``)."""
-    try:
-        _groups(group_by, filters)
-    except QueryError:
-        return False
-    return True
-
-
-def _groups(
-    group_by: str, f: dict[str, str]
-) -> tuple[str, tuple[str, ...] | None, str | None, int | None, str | None]:
-    """Which stored dimension answers this grouping and these filters."""
-    if group_by == "none":
-        if not f:
-            return "all", (ALL,), None, None, None
-        if len(f) == 1:
-            ((d, v),) = f.items()
-            return d, (v,), None, None, None
-        if set(f) == {"agent", "model"}:
-            return "am", (f"{f['agent']}|{f['model']}",), None, None, None
-        if set(f) == {"kind", "agent"}:
-            return "ka", (f"{f['kind']}|{f['agent']}",), None, None, None
-        raise QueryError(
-            sorted(f)[1],
-            "this combination of filters is not supported; "
-            "combine agent with model or kind, or use one filter",
-        )
-    if not f:
-        return group_by, None, group_by, None, None
-    if set(f) == {group_by}:
-        return group_by, (f[group_by],), group_by, None, None
-    if group_by == "model" and set(f) == {"agent"}:
-        return "am", None, "model", 1, f["agent"]
-    if group_by == "agent" and set(f) == {"model"}:
-        return "am", None, "agent", 0, f["model"]
-    if group_by == "agent" and set(f) == {"kind"}:
-        return "ka", None, "agent", 1, f["kind"]
-    other = next(iter(sorted(set(f) - {group_by})))
-    raise QueryError(
-        other,
-        f"filtering by {other} while grouping by {group_by} is not "
-        "supported; filter by agent with group_by=model, by model or kind with "
-        "group_by=agent, or filter by the dimension you group by",
-    )
 
 
 class Reader:

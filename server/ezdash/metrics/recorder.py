@@ -22,9 +22,10 @@ from ..aio import reraise_if_cancelling
 from ..keys import Keys
 from ..store.errors import IdempotencyMismatch
 from ..store.scripts import Scripts
+from .catalog import POSITION, Labels, labels
 from .events import UsageEvent
 from .pricing import PriceTable, cost_nanos, usd_to_nanos
-from .rollup import Aggregator, Labels, Tier
+from .rollup import Aggregator, Tier
 
 log = logging.getLogger("ezdash.metrics")
 RAW_MAXLEN = 1_000_000
@@ -32,10 +33,11 @@ MAX_PENDING = 600
 """Failed batches kept for retry (about ten minutes of outage at one per second)."""
 
 
-def event_json(e: UsageEvent, labels: Labels, cost: int, version: str | None) -> str:
+def event_json(e: UsageEvent, values: Labels, cost: int, version: str | None) -> str:
     doc: dict[str, Any] = e.model_dump(mode="json")
     doc["cost_nanos"] = cost
-    doc["kind"], doc["queue"] = labels[2] or None, labels[3] or None
+    doc["kind"] = values[POSITION["kind"]] or None
+    doc["queue"] = values[POSITION["queue"]] or None
     doc["price_version"] = version
     return orjson.dumps(doc).decode()
 
@@ -50,7 +52,9 @@ class Batch:
         self.raw: list[str] = []
 
     def add_event(self, e: UsageEvent, *, kind: str = "", queue: str = "") -> None:
-        labels: Labels = (e.agent_id, e.model, kind, queue)
+        values = labels(
+            agent=e.agent_id, model=e.model, provider=e.provider, kind=kind, queue=queue
+        )
         version: str | None = None
         if e.cost_usd is not None:
             nanos, priced = usd_to_nanos(e.cost_usd), True
@@ -61,7 +65,7 @@ class Batch:
             version = self.prices.version if priced else None
         self.agg.add_call(
             e.ts,
-            labels,
+            values,
             input_tokens=e.input_tokens,
             output_tokens=e.output_tokens,
             cached_tokens=e.cached_tokens,
@@ -72,12 +76,13 @@ class Batch:
             latency_ms=e.latency_ms,
             error_type=(e.error_type or "unknown") if e.status == "error" else None,
         )
-        self.raw.append(event_json(e, labels, nanos, version))
+        self.raw.append(event_json(e, values, nanos, version))
 
     def add_task(
         self, ts_ms: int, *, agent: str, kind: str, queue: str, ok: bool, duration_ms: float
     ) -> None:
-        self.agg.add_task(ts_ms, (agent, "", kind, queue), ok=ok, duration_ms=duration_ms)
+        values = labels(agent=agent, kind=kind, queue=queue)
+        self.agg.add_task(ts_ms, values, ok=ok, duration_ms=duration_ms)
 
     def __len__(self) -> int:
         return len(self.agg)

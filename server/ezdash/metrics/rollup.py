@@ -18,33 +18,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..keys import MetricKeys
 from ..timeutil import parse_duration
-from . import histogram
+from . import catalog, histogram
+from .catalog import COUNTERS, C, Labels
 
-DIMENSIONS = ("all", "agent", "model", "kind", "queue", "am", "ka")
-"""``am`` is agent|model and ``ka`` kind|agent, so one agent's spend can be split by
-model, one model's by agent, and one kind's by agent."""
-
-COUNTERS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "unpriced_requests",
-    "tasks_completed",
-    "tasks_failed",
-)
-C = {name: i for i, name in enumerate(COUNTERS)}
-HISTOGRAMS = ("latency", "duration")
-ALL = "*"
+ALL = catalog.ALL
+"""Dimensions, counters and histograms are the catalog's (``catalog.STORED``)."""
+_REQ, _ERR, _UNPRICED = C["requests"], C["errors"], C["unpriced_requests"]
+_IN, _OUT, _COST = C["input_tokens"], C["output_tokens"], C["cost_nanos"]
+_CACHED, _CREATE, _REASON = C["cached_tokens"], C["cache_creation_tokens"], C["reasoning_tokens"]
+_DONE, _FAILED = C["tasks_completed"], C["tasks_failed"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +83,6 @@ class Cell:
     duration: dict[int, int] = field(default_factory=dict)
 
 
-Labels = tuple[str, str, str, str]  # agent, model, kind, queue ('' when unknown)
-
-
 class Aggregator:
     """Collects usage and task outcomes; ``ops()`` turns them into rollup writes."""
 
@@ -140,42 +123,26 @@ class Aggregator:
     ) -> None:
         cell = self._cell(ts_ms, labels)
         c = cell.counters
-        c[0] += 1
-        c[2] += input_tokens
-        c[3] += output_tokens
-        c[4] += cached_tokens
-        c[5] += cache_creation_tokens
-        c[6] += reasoning_tokens
-        c[7] += cost_nanos
+        c[_REQ] += 1
+        c[_IN] += input_tokens
+        c[_OUT] += output_tokens
+        c[_CACHED] += cached_tokens
+        c[_CREATE] += cache_creation_tokens
+        c[_REASON] += reasoning_tokens
+        c[_COST] += cost_nanos
         if not priced:
-            c[8] += 1
+            c[_UNPRICED] += 1
         if error_type is not None:
-            c[1] += 1
+            c[_ERR] += 1
             cell.errors[error_type] = cell.errors.get(error_type, 0) + 1
         b = histogram.bucket_of(latency_ms)
         cell.latency[b] = cell.latency.get(b, 0) + 1
 
     def add_task(self, ts_ms: int, labels: Labels, *, ok: bool, duration_ms: float) -> None:
         cell = self._cell(ts_ms, labels)
-        cell.counters[9 if ok else 10] += 1
+        cell.counters[_DONE if ok else _FAILED] += 1
         b = histogram.bucket_of(duration_ms)
         cell.duration[b] = cell.duration.get(b, 0) + 1
-
-    def groups(self, labels: Labels) -> Iterable[tuple[str, str]]:
-        agent, model, kind, queue = labels
-        yield "all", ALL
-        if agent:
-            yield "agent", agent
-        if model:
-            yield "model", model
-        if kind:
-            yield "kind", kind
-        if queue:
-            yield "queue", queue
-        if agent and model:
-            yield "am", f"{agent}|{model}"
-        if kind and agent:
-            yield "ka", f"{kind}|{agent}"
 
     def ops(self, keys: MetricKeys, now_ms: int) -> list[str | int]:
         """The flat record list ``metrics_apply.lua`` takes (without the raw events)."""
@@ -191,7 +158,7 @@ class Aggregator:
                 ttl = tier.ttl_s(chunk, now_ms)
                 if ttl <= 60 and (chunk + 1) * tier.chunk_ms + tier.retention_ms < now_ms:
                     continue  # already outside this tier's retention
-                for dim, group in self.groups(labels):
+                for dim, group in catalog.groups(labels):
                     gkey = keys.groups(tier.name, dim, chunk)
                     members[gkey].add(group)
                     ttls[gkey] = ttl
@@ -252,7 +219,7 @@ class Aggregator:
         if len(counters) != len(COUNTERS):
             raise ValueError(f"expected {len(COUNTERS)} counters in COUNTERS order")
         errs = errors or {}
-        if counters[1] != sum(errs.values()):
+        if counters[_ERR] != sum(errs.values()):
             raise ValueError("the errors counter must equal the sum of the per-type errors")
         cell = self._cell(ts_ms, labels)
         self.count += events - 1  # _cell counted one
