@@ -13,7 +13,6 @@ attempt's outcome is kept with the alert.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -26,11 +25,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from ..aio import reraise_if_cancelling
 from ..analysis import jobs
 from ..analysis.loader import fleet_series, load_plan
 from ..ids import new_id
 from ..keys import Keys
+from ..leader import leader_loop
 from ..metrics.histogram import merge
 from ..metrics.query import QueryError, percentiles, plan
 from ..timeutil import format_ms, parse_duration
@@ -339,19 +338,14 @@ async def _resolve(
 
 
 async def alert_loop(svc: Services) -> None:
-    interval = svc.settings.alert_interval
-    while not svc.closing.is_set():
-        try:
-            got = await svc.redis.set(
-                svc.keys.alert_lock, svc.instance, nx=True, px=int(interval * 900)
-            )
-            if got:
-                await evaluate_all(svc)
-        except (RedisError, OSError) as e:
-            reraise_if_cancelling(e)
-            svc.redis_watch.trouble(e, "alert evaluation skipped")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(svc.closing.wait(), interval)
+    await leader_loop(
+        svc,
+        svc.keys.alert_lock,
+        svc.settings.alert_interval,
+        lambda: evaluate_all(svc),
+        skipped="alert evaluation skipped",
+        errors=(RedisError, OSError),
+    )
 
 
 # -- webhooks ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from ..analysis.pool import AnalyticsPool, ResultCache
 from ..keys import Keys
+from ..maintenance import maintenance_loop
 from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.query import Reader
 from ..metrics.rollup import Tier, parse_tiers
@@ -178,7 +179,6 @@ class Services:
 
     def start_background(self) -> None:
         from .alerting import alert_loop
-        from .maintenance import maintenance_loop
 
         self.background.append(asyncio.create_task(maintenance_loop(self), name="maintenance"))
         self.background.append(asyncio.create_task(alert_loop(self), name="alerts"))
