@@ -14,6 +14,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ..alerts.evaluate import alert_loop
+from ..alerts.store import AlertStore
 from ..analysis.pool import AnalyticsPool, ResultCache
 from ..keys import Keys
 from ..maintenance import maintenance_loop
@@ -71,6 +73,7 @@ class Services:
     agents: AgentStore
     tasks: TaskStore
     commands: CommandStore
+    alerts: AlertStore
     secrets: ServerSecrets
     api_keys: KeyStore
     tokens: TokenService
@@ -118,6 +121,13 @@ class Services:
                 scripts,
                 events_maxlen=settings.events_maxlen,
                 ttl_s=settings.command_ttl,
+            ),
+            alerts=AlertStore(
+                redis,
+                keys,
+                scripts,
+                retention_ms=int(settings.alert_retention * 1000),
+                events_maxlen=settings.events_maxlen,
             ),
             secrets=secrets,
             api_keys=KeyStore(redis, keys, secrets.key_secret),
@@ -178,8 +188,6 @@ class Services:
         return None
 
     def start_background(self) -> None:
-        from .alerting import alert_loop
-
         self.background.append(asyncio.create_task(maintenance_loop(self), name="maintenance"))
         self.background.append(asyncio.create_task(alert_loop(self), name="alerts"))
 
