@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -37,6 +37,9 @@ from ..store.logs import LogStore, LogTail
 from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
 from .stats import RequestStats
+
+if TYPE_CHECKING:
+    from .realtime import Hub  # realtime imports the handlers, which import this
 
 log = logging.getLogger("ezdash.services")
 
@@ -98,7 +101,8 @@ class Services:
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
     request_stats: RequestStats = field(default_factory=RequestStats)
     deliveries: set[asyncio.Task[None]] = field(default_factory=set)
-    hub: Any = None  # ezdash.api.realtime.Hub, made by the first WebSocket
+    hub: Hub | None = None
+    """The realtime hub, made by the first WebSocket (``realtime.hub_for``)."""
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:
