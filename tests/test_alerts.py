@@ -19,7 +19,8 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 from tornado.websocket import websocket_connect
 
-from ezdash.api.alerting import evaluate_all, sign
+from ezdash.alerts.delivery import sign
+from ezdash.alerts.evaluate import evaluate_all
 from ezdash.redis_server import free_port
 
 from .conftest import ADMIN_KEY, Api, Fleet, wait_for

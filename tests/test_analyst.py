@@ -306,7 +306,7 @@ async def _async(value: bool) -> bool:
 
 
 async def test_firing_alerts_are_listed(api: Api, page: Page) -> None:
-    from ezdash.api.alerting import evaluate_all
+    from ezdash.alerts.evaluate import evaluate_all
 
     rule = {"id": "backlog", "kind": "queue_age", "threshold": 0.05}
     assert (await api.fetch("PUT", "/api/alerts/rules", json={"rules": [rule]})).status == 200

@@ -22,7 +22,6 @@ API_USERS = {"ezdash.serve", "ezdash.cli"}
 """What may import the HTTP layer: the processes that run it."""
 
 KNOWN: dict[tuple[str, str], str] = {
-    ("ezdash.analyst.data", "ezdash.api"): "alerts_view: the alert engine moves out of api/",
     ("metrics", "agent"): "metrics.backfill simulates the demo fleet: split backfill.py",
 }
 

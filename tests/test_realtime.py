@@ -238,6 +238,7 @@ async def test_a_client_that_does_not_read_is_resynced_and_closed(api: Api, conn
         batch = [{"agent_id": "a", "message": big} for _ in range(100)]
         assert (await api.post("/api/ingest/logs", json=batch)).status == 202
     hub = api.services.hub
+    assert hub is not None
 
     async def dropped() -> bool:
         return not any(c.handler.ws_connection and c.topics for c in hub.clients) or any(
@@ -440,8 +441,11 @@ async def test_a_client_that_stops_reading_is_resynced_or_cut_off_in_bounded_tim
         (gone_c,) = [c for c in await wait_for(server_side(api, 2)) if c is not late_c]
         flooding = asyncio.create_task(flood(api, stop))
 
+        hub = api.services.hub
+        assert hub is not None
+
         async def let_go() -> bool:
-            return gone_c not in api.services.hub.clients
+            return gone_c not in hub.clients
 
         watching = asyncio.create_task(
             wait_for(let_go, timeout=15, interval=0.01, what="the server to let go")
@@ -499,8 +503,11 @@ async def test_a_resume_into_a_client_that_does_not_read_is_bounded_too(api: Api
         await raw.send_frame(0x8, struct.pack("!H", 1013))
         await raw.read_to_end(timeout=10)
 
+        hub = api.services.hub
+        assert hub is not None
+
         async def let_go() -> bool:
-            return client not in api.services.hub.clients
+            return client not in hub.clients
 
         await wait_for(let_go, what="the server to let go")
     finally:

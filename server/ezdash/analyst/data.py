@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..alerts.store import AlertStore
 from ..analysis import jobs
 from ..analysis.loader import fleet_series, load_plan
 from ..analysis.pool import AnalyticsPool, ResultCache
-from ..api.alerting import alerts_view
 from ..keys import Keys
 from ..metrics.catalog import COUNTER_METRICS
 from ..metrics.query import Plan, Reader, plan
@@ -60,8 +60,14 @@ class AnalystData:
         self.keys = Keys(settings.redis_prefix)
         self.reader = Reader(self.redis, self.raw, self.keys.metrics)
         self.tiers = parse_tiers(settings.rollup_tiers)
-        self.tasks = TaskStore(
-            self.redis, self.keys, Scripts(self.redis), events_maxlen=settings.events_maxlen
+        scripts = Scripts(self.redis)
+        self.tasks = TaskStore(self.redis, self.keys, scripts, events_maxlen=settings.events_maxlen)
+        self.alert_store = AlertStore(
+            self.redis,
+            self.keys,
+            scripts,
+            retention_ms=int(settings.alert_retention * 1000),
+            events_maxlen=settings.events_maxlen,
         )
         self.pool = pool
         # Shared by every session of this process: answers change only when a new
@@ -116,7 +122,7 @@ class AnalystData:
 
     async def alerts(self) -> list[dict[str, Any]]:
         """Alerts firing now (the server evaluates the rules; the page only reads)."""
-        view = await alerts_view(self.redis, self.keys, recent_limit=0)
+        view = await self.alert_store.view(recent_limit=0)
         return list(view["active"])
 
     async def group_values(self, dim: str, q: Query, now_ms: int) -> list[str]:

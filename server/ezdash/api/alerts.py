@@ -1,8 +1,11 @@
-"""Alerts: the active and recent ones, and the rules (PUT needs ``admin``)."""
+"""Alerts: the active and recent ones, and the rules (PUT needs ``admin``).
+
+Thin adapters over :mod:`ezdash.alerts`, which keeps, evaluates and delivers them.
+"""
 
 from __future__ import annotations
 
-from .alerting import alerts_view, load_rules, public_rule, save_rules
+from ..alerts.rules import public_rule, save_rules
 from .base import APIHandler
 from .models import AlertRules
 
@@ -11,7 +14,7 @@ class AlertsHandler(APIHandler):
     scopes = {"GET": "read"}
 
     async def get(self) -> None:
-        self.write_json(await alerts_view(self.services.redis, self.services.keys))
+        self.write_json(await self.services.alerts.view())
 
 
 class AlertRulesHandler(APIHandler):
@@ -19,13 +22,14 @@ class AlertRulesHandler(APIHandler):
     actions = {"PUT": "alerts.rules"}
 
     async def get(self) -> None:
-        rules = await load_rules(self.services)
+        rules = await self.services.alerts.rules()
         self.write_json({"rules": [public_rule(r) for r in rules]})
 
     async def put(self) -> None:
         body = self.json_body(AlertRules)
         rules = [r.stored() for r in body.rules]
-        saved = await save_rules(self.services, rules)
+        svc = self.services
+        saved = await save_rules(svc.alerts, rules, await svc.redis_now_ms())
         self.audit_detail = f"rules={len(saved)}"
         self.write_json({"rules": [public_rule(r) for r in saved]})
 

@@ -18,7 +18,6 @@ from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan, stats
 from ..timeutil import format_ms, parse_duration
-from .alerting import alerts_view
 from .errors import Problem, invalid
 from .metrics import FILTER_ONLY, METRICS_QUERY, SLICE, MetricsHandler
 from .params import WHOLE_HOURS, WHOLE_SECONDS, Choice, Duration, Number, Percentages
@@ -472,7 +471,7 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
             "error_rate": round(errors / requests, 6) if requests else None,
             "latency_p95_ms": p95,
         },
-        "alerts": (await alerts_view(svc.redis, svc.keys, recent_limit=0))["active"],
+        "alerts": (await svc.alerts.view(recent_limit=0))["active"],
         "as_of": await svc.metrics.as_of(),
         "stats": {
             "exec_ms": round((time.perf_counter() - started) * 1000, 3),

@@ -33,6 +33,7 @@ from ..store.tail import StreamTail, read_after
 from ..timeutil import format_ms, parse_time
 from .base import APIHandler
 from .errors import Problem
+from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class Client:
 
 
 class Hub:
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
         self.clients: set[Client] = set()
         self.events = StreamTail(
@@ -268,12 +269,11 @@ class Hub:
             self.broadcast("queues", (None, NOWHERE, message))
 
 
-def hub_for(services: Any) -> Hub:
+def hub_for(services: Services) -> Hub:
     """The instance's hub, made on first use (most instances never get a WebSocket)."""
     if services.hub is None:
         services.hub = Hub(services)
-    hub: Hub = services.hub
-    return hub
+    return services.hub
 
 
 class RealtimeHandler(APIHandler, WebSocketHandler):

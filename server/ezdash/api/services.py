@@ -10,12 +10,15 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
+from ..alerts.evaluate import alert_loop
+from ..alerts.store import AlertStore
 from ..analysis.pool import AnalyticsPool, ResultCache
 from ..keys import Keys
+from ..maintenance import maintenance_loop
 from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.query import Reader
 from ..metrics.rollup import Tier, parse_tiers
@@ -34,6 +37,9 @@ from ..store.logs import LogStore, LogTail
 from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
 from .stats import RequestStats
+
+if TYPE_CHECKING:
+    from .realtime import Hub  # realtime imports the handlers, which import this
 
 log = logging.getLogger("ezdash.services")
 
@@ -70,6 +76,7 @@ class Services:
     agents: AgentStore
     tasks: TaskStore
     commands: CommandStore
+    alerts: AlertStore
     secrets: ServerSecrets
     api_keys: KeyStore
     tokens: TokenService
@@ -94,7 +101,8 @@ class Services:
     recent_keys: RecentKeys = field(default_factory=RecentKeys)
     request_stats: RequestStats = field(default_factory=RequestStats)
     deliveries: set[asyncio.Task[None]] = field(default_factory=set)
-    hub: Any = None  # ezdash.api.realtime.Hub, made by the first WebSocket
+    hub: Hub | None = None
+    """The realtime hub, made by the first WebSocket (``realtime.hub_for``)."""
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:
@@ -117,6 +125,13 @@ class Services:
                 scripts,
                 events_maxlen=settings.events_maxlen,
                 ttl_s=settings.command_ttl,
+            ),
+            alerts=AlertStore(
+                redis,
+                keys,
+                scripts,
+                retention_ms=int(settings.alert_retention * 1000),
+                events_maxlen=settings.events_maxlen,
             ),
             secrets=secrets,
             api_keys=KeyStore(redis, keys, secrets.key_secret),
@@ -177,9 +192,6 @@ class Services:
         return None
 
     def start_background(self) -> None:
-        from .alerting import alert_loop
-        from .maintenance import maintenance_loop
-
         self.background.append(asyncio.create_task(maintenance_loop(self), name="maintenance"))
         self.background.append(asyncio.create_task(alert_loop(self), name="alerts"))
 

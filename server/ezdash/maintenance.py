@@ -1,29 +1,37 @@
 """Background sweeps every server instance runs: retry back-offs, command expiry,
 reclaiming deliveries of dead agents, and retention of finished tasks.
 
-Each step is an atomic script or guarded by one, so any number of instances
-may sweep at the same time without double effects; a short Redis lock just
-keeps them from all doing the same work each tick.
+An engine, not part of the HTTP layer: it serves no request and reads only the
+stores.  Each step is an atomic script or guarded by one, so any number of
+instances may sweep at the same time without double effects; the lease of
+:func:`ezdash.leader.leader_loop` just keeps them from all doing the same work each
+tick.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from redis.exceptions import RedisError
-
-from ..aio import reraise_if_cancelling
-
-if TYPE_CHECKING:
-    from .services import Services
+from .leader import Instance, leader_loop
+from .store.agents import AgentStore
+from .store.commands import CommandStore
+from .store.scripts import Scripts
+from .store.tasks import TaskStore
 
 log = logging.getLogger("ezdash.maintenance")
 
 
-async def sweep(svc: Services) -> dict[str, int]:
+class MaintenanceContext(Instance, Protocol):
+    """The stores a sweep works on (the server's ``Services`` has them)."""
+
+    scripts: Scripts
+    agents: AgentStore
+    tasks: TaskStore
+    commands: CommandStore
+
+
+async def sweep(svc: MaintenanceContext) -> dict[str, int]:
     s = svc.settings
     done = {"promoted": 0, "expired": 0, "orphaned": 0, "reclaimed": 0, "purged": 0}
     done["promoted"] = await svc.tasks.promote_due()
@@ -45,19 +53,16 @@ async def sweep(svc: Services) -> dict[str, int]:
     return done
 
 
-async def maintenance_loop(svc: Services) -> None:
-    interval = svc.settings.maintenance_interval
-    while not svc.closing.is_set():
-        try:
-            got = await svc.redis.set(
-                svc.keys.maintenance_lock, svc.instance, nx=True, px=int(interval * 900)
-            )
-            if got:
-                done = await sweep(svc)
-                if any(done.values()):
-                    log.info("maintenance: %s", done)
-        except RedisError as e:
-            reraise_if_cancelling(e)
-            svc.redis_watch.trouble(e, "maintenance skipped")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(svc.closing.wait(), interval)
+async def maintenance_loop(svc: MaintenanceContext) -> None:
+    async def tick() -> None:
+        done = await sweep(svc)
+        if any(done.values()):
+            log.info("maintenance: %s", done)
+
+    await leader_loop(
+        svc,
+        svc.keys.maintenance_lock,
+        svc.settings.maintenance_interval,
+        tick,
+        skipped="maintenance skipped",
+    )
