@@ -323,3 +323,29 @@ async def test_firing_alerts_are_listed(api: Api, page: Page) -> None:
     table = p.alerts_table.value
     assert list(table["subject"]) == ["stuck"]
     assert "stuck" in table["message"].iloc[0]
+
+
+async def test_the_page_and_the_api_fit_through_one_service(api: Api, page: Page) -> None:
+    """The same view asked of the page and of the API is the same plan and fit: the same
+    forecast to the digit, and every cached answer is keyed by a typed value (never a
+    tuple read by position)."""
+    from ezdash.analysis import service
+
+    q = Query(metric="requests", window_ms=3 * DAY, step_ms=HOUR, horizon_ms=DAY)
+    url = "/api/analytics/forecast?metric=requests&history=72h&horizon=24h&step=1h"
+    for _ in range(2):  # an hour may complete between the two: then ask both again
+        loaded = await page.data.load(q, await page.data.now_ms())
+        ours = await page.data.forecast(loaded, q)
+        r = await api.get(url)
+        assert r.status == 200, r.json
+        if r.json["t"][0] == ours["t"][0]:
+            break
+    assert r.json["history"]["values"] == [round(v, 9) for v in loaded.total.tolist()]
+    for k in ("model", "t", "mean", "backtest"):
+        assert r.json[k] == ours[k], k
+    await page.page.refresh()
+    await wait_for(lambda: _done(page.page), timeout=60, what="the refresh")
+    keys = [*page.data.cache._data, *api.services.cache._data]
+    typed = (service.TrendsKey, service.ForecastKey, service.AnomaliesKey)
+    typed += (service.PredictionsKey, service.SpendBoundKey)
+    assert keys and all(isinstance(k, typed) or k == "summary" for k in keys), keys

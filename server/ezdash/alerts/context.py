@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from ..analysis.pool import AnalyticsPool, ResultCache
+from ..analysis.service import Analytics
 from ..leader import Instance
 from ..metrics.query import Reader
 from ..metrics.rollup import Tier
@@ -25,7 +25,6 @@ class AlertContext(Instance, Protocol):
     tasks: TaskStore
     tiers: tuple[Tier, ...]
     metrics: Reader
-    pool: AnalyticsPool
-    cache: ResultCache
+    analytics: Analytics
     deliveries: set[asyncio.Task[None]]
     """Webhook deliveries under way; the server cancels them when it closes."""

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from ..analysis import jobs
-from ..analysis.loader import fleet_series, load_plan
 from ..ids import new_id
 from ..leader import leader_loop
 from ..metrics.histogram import merge
-from ..metrics.query import QueryError, percentiles, plan
+from ..metrics.query import QueryError, percentiles
 from ..timeutil import format_ms, parse_duration
 from .context import AlertContext
 from .delivery import deliver_later
@@ -43,14 +42,8 @@ async def _usage(
     svc: AlertContext, filters: dict[str, str], window_ms: int, now: int
 ) -> tuple[int, int, float | None]:
     """Requests, errors and p95 latency (ms) over the last ``window_ms``."""
-    p = plan(
-        svc.tiers,
-        start_ms=now - window_ms,
-        end_ms=now,
-        step_ms=60_000,
-        now_ms=now,
-        group_by="none",
-        filters=filters,
+    p = svc.analytics.plan(
+        start_ms=now - window_ms, end_ms=now, step_ms=60_000, now_ms=now, filters=filters
     )
     groups = [g for g, _ in await svc.metrics.groups(p)]
     if not groups:
@@ -150,28 +143,18 @@ async def _cost_burn(
     """Spend over the last complete ``window`` hours against the forecast made from
     the 30 days before them; fires above the upper bound at ``threshold`` percent."""
     level = float(rule.get("threshold") or 95.0)
-    end = now // HOUR * HOUR
-    cut = end - window_ms
     filters = _one_dimension(filters)
-    p = plan(
-        svc.tiers,
-        start_ms=cut - 30 * DAY,
-        end_ms=end,
+    cost = await svc.analytics.fleet(
+        "cost_usd",
         step_ms=HOUR,
-        now_ms=now,
-        group_by="none",
+        span_ms=window_ms + 30 * DAY,
         filters=filters,
+        now_ms=now,
+        keep_step=False,
     )
-    cost = fleet_series(await load_plan(svc.metrics, p, "cost_usd"), "cost_usd")
     steps = window_ms // HOUR
-    history, recent = cost.iloc[:-steps], cost.iloc[-steps:]
-    spent = float(recent.sum())
-    key = ("cost_burn", rule["id"], level, steps, tuple(sorted(filters.items())), end)
-
-    async def fit() -> Any:
-        return await svc.pool.run(jobs.spend_bound, history, int(steps), level)
-
-    expected, upper = cast(tuple[float, float], await svc.cache.get(key, 3600.0, fit))
+    spent = float(cost.series.iloc[-steps:].sum())
+    expected, upper = await svc.analytics.spend_bound(cost, steps, level)
     return Finding(
         FLEET,
         spent > upper > 0,

@@ -14,12 +14,12 @@ from typing import Any
 import pandas as pd
 
 from ..alerts.store import AlertStore
-from ..analysis import jobs
-from ..analysis.loader import fleet_series, load_plan
+from ..analysis.loader import fleet_series
 from ..analysis.pool import AnalyticsPool, ResultCache
+from ..analysis.service import Analytics, Filters, Fleet, complete_end, forecast_steps
 from ..keys import Keys
 from ..metrics.catalog import COUNTER_METRICS
-from ..metrics.query import Plan, Reader, plan
+from ..metrics.query import Plan, Reader, fmt_step
 from ..metrics.rollup import parse_tiers
 from ..settings import Settings
 from ..store.connect import make_redis
@@ -47,19 +47,30 @@ class Loaded:
     """The frame of complete buckets for a query, and the fleet-wide series of it."""
 
     frame: pd.DataFrame
-    total: pd.Series[float]
-    plan: Plan
-    end_ms: int
+    fleet: Fleet
+
+    @property
+    def total(self) -> pd.Series[float]:
+        return self.fleet.series
+
+    @property
+    def plan(self) -> Plan:
+        return self.fleet.plan
+
+    @property
+    def end_ms(self) -> int:
+        return self.fleet.end_ms
 
 
 class AnalystData:
+    """The page's reads and fits, through the analytics service the API uses."""
+
     def __init__(self, settings: Settings, redis_url: str, pool: AnalyticsPool) -> None:
         self.settings = settings
         self.redis = make_redis(redis_url, 16)
         self.raw = make_redis(redis_url, 16, decode=False)
         self.keys = Keys(settings.redis_prefix)
-        self.reader = Reader(self.redis, self.raw, self.keys.metrics)
-        self.tiers = parse_tiers(settings.rollup_tiers)
+        reader = Reader(self.redis, self.raw, self.keys.metrics)
         scripts = Scripts(self.redis)
         self.tasks = TaskStore(self.redis, self.keys, scripts, events_maxlen=settings.events_maxlen)
         self.alert_store = AlertStore(
@@ -69,11 +80,11 @@ class AnalystData:
             retention_ms=int(settings.alert_retention * 1000),
             events_maxlen=settings.events_maxlen,
         )
-        self.pool = pool
         # Shared by every session of this process: answers change only when a new
         # bucket completes, so a page refreshing each minute (or ten analysts looking
         # at the same view) costs one fit per bucket.
         self.cache = ResultCache(256)
+        self.analytics = Analytics(reader, parse_tiers(settings.rollup_tiers), pool, self.cache)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -83,42 +94,31 @@ class AnalystData:
         sec, usec = await self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
 
-    async def load(self, q: Query, now_ms: int) -> Loaded:
-        """Complete buckets only: a half-filled current hour would read as a drop."""
-        end = now_ms // q.step_ms * q.step_ms
-        p = plan(
-            self.tiers,
+    def _window(self, q: Query, now_ms: int, group_by: str, filters: Filters) -> Plan:
+        end = complete_end(now_ms, q.step_ms)
+        return self.analytics.plan(
             start_ms=end - q.window_ms,
             end_ms=end,
             step_ms=q.step_ms,
             now_ms=now_ms,
-            group_by=q.group_by,
-            filters=dict(q.filters),
+            group_by=group_by,
+            filters=dict(filters),
         )
-        frame = await load_plan(self.reader, p, q.metric)
+
+    async def load(self, q: Query, now_ms: int) -> Loaded:
+        """Complete buckets only: a half-filled current hour would read as a drop."""
+        p = self._window(q, now_ms, q.group_by, q.filters)
+        frame = await self.analytics.load(p, q.metric)
         if q.group_by == "none":
-            total = fleet_series(frame, q.metric)
+            fleet = Fleet(q.metric, q.filters, fleet_series(frame, q.metric), p)
         else:
             # The fleet line is loaded, not summed: rates and percentiles do not add up.
-            fleet = plan(
-                self.tiers,
-                start_ms=p.start_ms,
-                end_ms=end,
-                step_ms=p.step_ms,
-                now_ms=now_ms,
-                group_by="none",
-                filters=dict(q.filters),
-            )
-            total = fleet_series(await load_plan(self.reader, fleet, q.metric), q.metric)
+            whole = self._window(q, now_ms, "none", q.filters)
+            series = fleet_series(await self.analytics.load(whole, q.metric), q.metric)
+            fleet = Fleet(q.metric, q.filters, series, whole)
         if q.metric in COUNTER_METRICS:
             frame = frame.fillna(0.0)
-        return Loaded(frame, total, p, end)
-
-    async def _cached(self, key: tuple[Any, ...], ttl_s: float, fn: Any, *args: Any) -> Any:
-        async def compute() -> Any:
-            return await self.pool.run(fn, *args)
-
-        return await self.cache.get(key, ttl_s, compute)
+        return Loaded(frame, fleet)
 
     async def alerts(self) -> list[dict[str, Any]]:
         """Alerts firing now (the server evaluates the rules; the page only reads)."""
@@ -127,66 +127,37 @@ class AnalystData:
 
     async def group_values(self, dim: str, q: Query, now_ms: int) -> list[str]:
         """Values of ``dim`` with data in the query's window, by total requests."""
-        end = now_ms // q.step_ms * q.step_ms
-        p = plan(
-            self.tiers,
-            start_ms=end - q.window_ms,
-            end_ms=end,
-            step_ms=q.step_ms,
-            now_ms=now_ms,
-            group_by=dim,
-            filters={},
-        )
-        frame = await load_plan(self.reader, p, "requests")
+        frame = await self.analytics.load(self._window(q, now_ms, dim, ()), "requests")
         return [str(c) for c in frame.sum().sort_values(ascending=False).index]
 
     async def forecast(self, loaded: Loaded, q: Query) -> dict[str, Any]:
-        steps = max(1, q.horizon_ms // loaded.plan.step_ms)
-        key = ("forecast", q.metric, q.window_ms, q.step_ms, steps, q.filters, loaded.end_ms)
-        ttl = max(60.0, q.step_ms / 1000)
-        return dict(await self._cached(key, ttl, jobs.forecast, loaded.total, steps, (80.0, 95.0)))
+        steps = forecast_steps(q.horizon_ms, loaded.plan.step_ms)
+        return await self.analytics.forecast(loaded.fleet, steps, (80.0, 95.0))
 
     async def trends(self, q: Query, now_ms: int) -> list[dict[str, Any]]:
         """Per-group trend over the window against the window before it."""
-        step = HOUR if q.window_ms <= 30 * DAY else DAY
-        end = now_ms // step * step
-        p = plan(
-            self.tiers,
-            start_ms=end - 2 * q.window_ms,
-            end_ms=end,
-            step_ms=step,
-            now_ms=now_ms,
+        items, _ = await self.analytics.trends(
+            q.metric,
+            window_ms=q.window_ms,
+            window=fmt_step(q.window_ms),
             group_by=q.group_by,
             filters=dict(q.filters),
+            now_ms=now_ms,
         )
-        frame = await load_plan(self.reader, p, q.metric)
-        window = f"{q.window_ms // HOUR}h"
-        key = ("trends", q.metric, q.window_ms, q.group_by, q.filters, end)
-        return list(await self._cached(key, step / 1000, jobs.trends, frame, window))
+        return items
 
     async def anomalies(
         self, loaded: Loaded, q: Query, threshold: float = 4.0
     ) -> list[dict[str, Any]]:
-        key = ("anomalies", q.metric, q.window_ms, q.step_ms, q.filters, threshold, loaded.end_ms)
-        ttl = max(60.0, loaded.plan.step_ms / 1000)
-        return list(await self._cached(key, ttl, jobs.anomalies, loaded.total, threshold))
+        return await self.analytics.anomalies(loaded.fleet, threshold)
 
     async def predictions(self, now_ms: int, q: Query) -> dict[str, Any]:
         """Month-end cost and budget run-out from 30 days of complete hours, as the API."""
-        end = now_ms // HOUR * HOUR
-        p = plan(
-            self.tiers,
-            start_ms=end - 30 * DAY,
-            end_ms=end,
-            step_ms=HOUR,
-            now_ms=now_ms,
-            group_by="none",
+        out, _ = await self.analytics.predictions(
+            level=80.0,
+            budget=self.settings.monthly_budget_usd,
             filters=dict(q.filters),
+            now_ms=now_ms,
         )
-        cost = fleet_series(await load_plan(self.reader, p, "cost_usd"), "cost_usd")
-        month_cost = jobs.month_to_date(cost, end)
-        budget = self.settings.monthly_budget_usd
-        key = ("predictions", budget, q.filters, end)
-        out = dict(await self._cached(key, 300.0, jobs.predictions, cost, month_cost, budget, 80.0))
         out["queues"] = await self.tasks.queue_stats(now_ms)
         return out

@@ -7,25 +7,26 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from ..analysis import jobs
-from ..analysis.loader import METRICS, fleet_series, load_plan
+from ..analysis.loader import METRICS, load_plan
+from ..analysis.service import Fleet, forecast_steps
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
-from ..metrics.query import Plan, QueryError, envelope, fmt_step, percentiles, plan, stats
+from ..metrics.query import QueryError, envelope, fmt_step, percentiles, stats
 from ..timeutil import format_ms, parse_duration
 from .errors import Problem, invalid
 from .metrics import FILTER_ONLY, METRICS_QUERY, SLICE, MetricsHandler
 from .params import WHOLE_HOURS, WHOLE_SECONDS, Choice, Duration, Number, Percentages
 
+T = TypeVar("T")
 HOUR = 3_600_000
 DAY = 86_400_000
-MAX_HORIZON = 2000
-"""Steps a forecast goes ahead at most."""
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
@@ -65,34 +66,6 @@ class AnalyticsHandler(MetricsHandler):
         assert seconds is not None
         return int(seconds * 1000), fmt_step(int(seconds * 1000))
 
-    def plan_for(
-        self,
-        *,
-        start: int,
-        end: int,
-        step: int,
-        group_by: str = "none",
-        filters: dict[str, str],
-        now: int,
-        field: str = "step",
-        from_field: str = "from",
-        keep_step: bool = False,
-    ) -> Plan:
-        try:
-            return plan(
-                self.services.tiers,
-                start_ms=start,
-                end_ms=end,
-                step_ms=step,
-                now_ms=now,
-                group_by=group_by,
-                filters=filters,
-                keep_step=keep_step,
-            )
-        except QueryError as e:
-            name = {"step": field, "from": from_field}.get(e.field, e.field)
-            raise invalid(name, str(e)) from None
-
     def step_ms(self) -> int:
         """The fitted series' step: at most half the longest retention (a model needs
         two points); the answer says the step used."""
@@ -101,30 +74,23 @@ class AnalyticsHandler(MetricsHandler):
         longest = self.services.tiers[-1].retention_ms // 2 // DAY * DAY
         return min(int(seconds * 1000), longest)
 
-    async def series(
-        self, metric: str, step: int, span_ms: int, span_field: str
-    ) -> tuple[pd.Series[float], Plan, int]:
-        """The fleet-wide (or filtered) series of complete buckets over ``span_ms``:
-        counts zero-filled, rates and percentiles NaN where there was no data."""
-        svc = self.services
-        now = await svc.redis_now_ms()
-        span_ms = max(span_ms, 2 * step)  # a model needs two points at least
-        end = now // step * step  # complete buckets only
-        p = self.plan_for(
-            start=end - span_ms,
-            end=end,
-            step=step,
-            filters=self.filters(),
-            now=now,
-            from_field=span_field,
-            keep_step=True,  # the step is the model's: a longer history is cut short
+    async def fleet(self, metric: str, step: int, span_ms: int, span_field: str) -> Fleet:
+        """The fleet-wide (or filtered) series of complete buckets over ``span_ms``;
+        the step is the model's, so a longer history is cut short."""
+        now = await self.services.redis_now_ms()
+        work = self.services.analytics.fleet(
+            metric, step_ms=step, span_ms=span_ms, filters=self.filters(), now_ms=now
         )
-        series = fleet_series(await load_plan(svc.metrics, p, metric), metric)
-        return series, p, end
+        return await self.answer(work, **{"from": span_field})
 
-    async def run_job(self, fn: Any, *args: Any) -> Any:
+    async def answer(self, work: Awaitable[T], **renamed: str) -> T:
+        """The service's answer, or the problem the request makes: a plan refused for
+        its ``step`` or ``from`` is refused for the parameter that set them here (a
+        window, a history), named in ``renamed``."""
         try:
-            return await self.services.pool.run(fn, *args)
+            return await work
+        except QueryError as e:
+            raise invalid(renamed.get(e.field, e.field), str(e)) from None
         except jobs.JobInputError as e:
             if e.field == "series":
                 # The request is fine; the data in its range cannot be fitted (a rate or
@@ -171,25 +137,15 @@ class TrendsHandler(AnalyticsHandler):
         group_by = self.q_str("group_by") or "none"
         svc = self.services
         now = await svc.redis_now_ms()
-        step = HOUR if window_ms <= 30 * DAY else DAY
-        end = now // step * step  # complete buckets only
-        p = self.plan_for(
-            start=end - 2 * window_ms,
-            end=end,
-            step=step,
+        work = svc.analytics.trends(
+            metric,
+            window_ms=window_ms,
+            window=window,
             group_by=group_by,
             filters=self.filters(),
-            now=now,
-            field="window",
-            from_field="window",
+            now_ms=now,
         )
-        key = ("trends", metric, window, group_by, tuple(sorted(self.filters().items())), end)
-        frame = await load_plan(svc.metrics, p, metric)
-
-        async def compute() -> list[dict[str, Any]]:
-            return list(await self.run_job(jobs.trends, frame, window))
-
-        items = await svc.cache.get(key, step / 1000, compute)
+        items, p = await self.answer(work, step="window", **{"from": "window"})
         self.write_json(
             {
                 "metric": metric,
@@ -227,26 +183,11 @@ class ForecastHandler(AnalyticsHandler):
         step = self.step_ms()
         horizon_ms, _ = self.window("horizon", "7d")
         history_ms, _ = self.window("history", "30d")
-        # A horizon is a whole number of steps (rounded up) and at most MAX_HORIZON of
-        # them; the answer's "horizon" says how many were forecast.
-        steps = min(MAX_HORIZON, -(-horizon_ms // step))
+        steps = forecast_steps(horizon_ms, step)
         levels = self.levels()
-        series, p, end = await self.series(metric, step, history_ms, "history")
-        key = (
-            "forecast",
-            metric,
-            step,
-            horizon_ms,
-            history_ms,
-            levels,
-            tuple(sorted(self.filters().items())),
-            end,
-        )
-
-        async def compute() -> dict[str, Any]:
-            return dict(await self.run_job(jobs.forecast, series, steps, levels))
-
-        result = await svc.cache.get(key, max(60.0, step / 1000), compute)
+        fleet = await self.fleet(metric, step, history_ms, "history")
+        result = await self.answer(svc.analytics.forecast(fleet, steps, levels))
+        p, series = fleet.plan, fleet.series
         self.write_json(
             {
                 "metric": metric,
@@ -285,21 +226,9 @@ class AnomaliesHandler(AnalyticsHandler):
         window_ms, window = self.window("window", "7d")
         step = self.step_ms()
         threshold = float(self.args.get("threshold", 4.0))
-        series, p, end = await self.series(metric, step, window_ms, "window")
-        key = (
-            "anomalies",
-            metric,
-            step,
-            window_ms,
-            threshold,
-            tuple(sorted(self.filters().items())),
-            end,
-        )
-
-        async def compute() -> list[dict[str, Any]]:
-            return list(await self.run_job(jobs.anomalies, series, threshold))
-
-        items = await svc.cache.get(key, max(60.0, step / 1000), compute)
+        fleet = await self.fleet(metric, step, window_ms, "window")
+        items = await self.answer(svc.analytics.anomalies(fleet, threshold))
+        p = fleet.plan
         self.write_json(
             {
                 "metric": metric,
@@ -354,17 +283,11 @@ class PredictionsHandler(AnalyticsHandler):
 async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, Any]:
     """Month-end cost and budget run-out, from 30 days of complete hours."""
     svc = h.services
-    end = now // HOUR * HOUR
-    p = h.plan_for(start=end - 30 * DAY, end=end, step=HOUR, filters=h.filters(), now=now)
-    cost = fleet_series(await load_plan(svc.metrics, p, "cost_usd"), "cost_usd")
-    month_cost = jobs.month_to_date(cost, end)
-    budget = svc.settings.monthly_budget_usd
-    key = ("predictions", level, budget, tuple(sorted(h.filters().items())), end)
-
-    async def compute() -> dict[str, Any]:
-        return dict(await h.run_job(jobs.predictions, cost, month_cost, budget, level))
-
-    return dict(await svc.cache.get(key, 300.0, compute))
+    work = svc.analytics.predictions(
+        level=level, budget=svc.settings.monthly_budget_usd, filters=h.filters(), now_ms=now
+    )
+    result, _ = await h.answer(work)
+    return result
 
 
 class SummaryHandler(AnalyticsHandler):
@@ -375,7 +298,7 @@ class SummaryHandler(AnalyticsHandler):
     async def get(self) -> None:
         svc = self.services
         now = await svc.redis_now_ms()
-        key = ("summary",)  # fresh for EZ_SUMMARY_CACHE seconds, whoever asks
+        key = "summary"  # fresh for EZ_SUMMARY_CACHE seconds, whoever asks
         body = await svc.cache.get(key, svc.settings.summary_cache, lambda: summary(self, now))
         self.write_json(body)
 
@@ -393,33 +316,9 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
         .timestamp()
         * 1000
     )
-    today = plan(
-        svc.tiers,
-        start_ms=day_start,
-        end_ms=now + 1,
-        step_ms=DAY,
-        now_ms=now,
-        group_by="none",
-        filters={},
-    )
-    mtd = plan(
-        svc.tiers,
-        start_ms=month_start,
-        end_ms=now + 1,
-        step_ms=DAY,
-        now_ms=now,
-        group_by="none",
-        filters={},
-    )
-    hour = plan(
-        svc.tiers,
-        start_ms=now - HOUR,
-        end_ms=now,
-        step_ms=60_000,
-        now_ms=now,
-        group_by="none",
-        filters={},
-    )
+    today = svc.analytics.plan(start_ms=day_start, end_ms=now + 1, step_ms=DAY, now_ms=now)
+    mtd = svc.analytics.plan(start_ms=month_start, end_ms=now + 1, step_ms=DAY, now_ms=now)
+    hour = svc.analytics.plan(start_ms=now - HOUR, end_ms=now, step_ms=60_000, now_ms=now)
     names = ["input_tokens", "output_tokens", "cost_nanos"]
     t_today, t_mtd, t_hour, lat = await asyncio.gather(
         svc.metrics.counters(today, ["*"], names),
@@ -430,7 +329,7 @@ async def summary(h: AnalyticsHandler, now: int) -> dict[str, Any]:
     (p95,) = percentiles([merge(*lat["*"])], (0.95,))[0]
     requests = int(t_hour[("*", "requests")].sum())
     errors = int(t_hour[("*", "errors")].sum())
-    cached_pred = svc.cache.peek(lambda k: k[0] == "predictions" and k[1] == 80.0 and k[3] == ())
+    cached_pred = svc.analytics.cached_predictions(80.0)
     spent_mtd = nanos_to_usd(int(t_mtd[("*", "cost_nanos")].sum()))
     if cached_pred is not None:
         projection = {**cached_pred["month_end_cost"], "method": "forecast"}

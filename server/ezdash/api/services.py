@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from ..alerts.evaluate import alert_loop
 from ..alerts.store import AlertStore
 from ..analysis.pool import AnalyticsPool, ResultCache
+from ..analysis.service import Analytics
 from ..keys import Keys
 from ..maintenance import maintenance_loop
 from ..metrics.pricing import PriceTable, load_price_table
@@ -88,6 +89,7 @@ class Services:
     metrics: Reader
     pool: AnalyticsPool
     cache: ResultCache
+    analytics: Analytics
     logs: LogStore
     log_tail: LogTail
     redis_watch: RedisWatch
@@ -112,6 +114,9 @@ class Services:
         secrets = load_secrets(settings)
         watch = RedisWatch(redis, keys.probe)
         limits = budgets(settings)
+        tiers = parse_tiers(settings.rollup_tiers)
+        reader = Reader(redis, make_redis(redis_url, 16, decode=False), keys.metrics)
+        pool, cache = AnalyticsPool(settings.analytics_workers), ResultCache()
         return cls(
             settings=settings,
             redis=redis,
@@ -140,10 +145,11 @@ class Services:
             budgets=limits,
             authorize=ScriptBatcher(redis, source("authorize")),
             prices=load_price_table(settings.prices_file),
-            tiers=parse_tiers(settings.rollup_tiers),
-            metrics=Reader(redis, make_redis(redis_url, 16, decode=False), keys.metrics),
-            pool=AnalyticsPool(settings.analytics_workers),
-            cache=ResultCache(),
+            tiers=tiers,
+            metrics=reader,
+            pool=pool,
+            cache=cache,
+            analytics=Analytics(reader, tiers, pool, cache),
             logs=LogStore(
                 redis,
                 keys,
