@@ -5,10 +5,17 @@ from __future__ import annotations
 from .alerting import alerts_view, load_rules, public_rule, save_rules
 from .base import APIHandler
 from .models import AlertRules
+from .opdocs import Body, Op, ok
 
 
 class AlertsHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {
+        "GET": Op(
+            "Alerts firing now and the most recent ones, with webhook deliveries",
+            {"200": ok("AlertsAnswer")},
+        )
+    }
 
     async def get(self) -> None:
         self.write_json(await alerts_view(self.services.redis, self.services.keys))
@@ -16,6 +23,17 @@ class AlertsHandler(APIHandler):
 
 class AlertRulesHandler(APIHandler):
     scopes = {"GET": "read", "PUT": "admin"}
+    docs = {
+        "GET": Op(
+            "The alert rules (webhook secrets are never shown)", {"200": ok("AlertRulesAnswer")}
+        ),
+        "PUT": Op(
+            "Replace the alert rules (a webhook without a secret keeps its old one "
+            "when id and URL are unchanged)",
+            {"200": ok("AlertRulesAnswer")},
+            body=Body(AlertRules),
+        ),
+    }
     actions = {"PUT": "alerts.rules"}
 
     async def get(self) -> None:
