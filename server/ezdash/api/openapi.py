@@ -74,6 +74,27 @@ def documented(cls: type[APIHandler]) -> Mapping[str, Op]:
     return docs
 
 
+def documentation_gaps(table: Sequence[Route]) -> list[str]:
+    """Every handler method of the table without ``docs``, and every ``docs`` entry
+    for a method its handler does not serve (empty when the document is complete)."""
+    from .app import implemented  # the handler modules import this one
+
+    gaps: list[str] = []
+    for pattern, cls in table:
+        served, declared = implemented(cls), documented(cls)
+        gaps += [
+            f"{cls.__name__}.{m.lower()} ({pattern}) has no docs"
+            for m in served
+            if m not in declared
+        ]
+        gaps += [
+            f"{cls.__name__}.docs describes {m} ({pattern}), which it does not serve"
+            for m in declared
+            if m not in served
+        ]
+    return gaps
+
+
 def _tags(table: Sequence[Route]) -> list[dict[str, str]]:
     """One tag per handler module, described by its docstring's first paragraph."""
     seen: dict[str, str] = {}
