@@ -346,6 +346,6 @@ async def test_the_page_and_the_api_fit_through_one_service(api: Api, page: Page
     await page.page.refresh()
     await wait_for(lambda: _done(page.page), timeout=60, what="the refresh")
     keys = [*page.data.cache._data, *api.services.cache._data]
-    typed = (service.TrendsKey, service.ForecastKey, service.AnomaliesKey)
+    typed: tuple[type, ...] = (service.TrendsKey, service.ForecastKey, service.AnomaliesKey)
     typed += (service.PredictionsKey, service.SpendBoundKey)
     assert keys and all(isinstance(k, typed) or k == "summary" for k in keys), keys

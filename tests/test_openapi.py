@@ -10,6 +10,9 @@ from typing import Any
 
 from ezdash.agent import TaskContext
 from ezdash.api.app import routes
+from ezdash.api.base import APIHandler
+from ezdash.api.opdocs import Op, ok
+from ezdash.api.openapi import documentation_gaps
 
 from .conftest import Api, Fleet, wait_for
 from .openapi_check import check_response
@@ -46,6 +49,36 @@ async def test_document_is_served_and_lists_every_route(api: Api) -> None:
     for ops in doc["paths"].values():
         for op in ops.values():
             assert len(op["tags"]) == 1 and op["tags"][0] in tags
+
+
+def test_every_handler_method_is_documented_and_nothing_else() -> None:
+    """Each method a routed handler serves has its own ``docs`` entry, and no entry
+    describes a method its handler does not serve."""
+    assert documentation_gaps(routes()) == []
+
+
+class Undocumented(APIHandler):
+    scopes = {"GET": "read", "POST": "write"}
+    docs = {"GET": Op("Read it", {"200": ok("Live")}), "PUT": Op("Not served", {})}
+
+    async def get(self) -> None: ...
+
+    async def post(self) -> None: ...
+
+
+class Inheriting(Undocumented):
+    async def get(self) -> None: ...
+
+
+def test_a_gap_in_the_docs_is_found() -> None:
+    """A new endpoint without ``docs`` (or a subclass living on its base's) fails the
+    test above, and so does a ``docs`` entry for a method nobody serves."""
+    assert documentation_gaps([("/x", Undocumented), ("/y", Inheriting)]) == [
+        "Undocumented.post (/x) has no docs",
+        "Undocumented.docs describes PUT (/x), which it does not serve",
+        "Inheriting.get (/y) has no docs",
+        "Inheriting.post (/y) has no docs",
+    ]
 
 
 async def test_real_answers_match_the_document(api: Api, fleet: Fleet) -> None:

@@ -11,12 +11,21 @@ from ..metrics.query import percentiles, plan
 from .base import APIHandler
 from .errors import conflict, invalid, not_found
 from .listing import list_page, text
+from .opdocs import Op, ok, problem
 from .params import AGENT_PATH, DRY_RUN, IDEMPOTENCY_KEY, PAGE, Boolean, Choice, Text
 from .services import Services
+
+COMMAND_ANSWERS = {
+    "202": ok("CommandEnvelope", "Command queued"),
+    "200": ok("DryRun", "Dry run"),
+    "404": problem("Unknown agent"),
+}
+"""What a command to an agent answers, but for its 409."""
 
 
 class AgentsHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {"GET": Op("List agents (id order)", {"200": ok("AgentPage")})}
     query = {
         "GET": (
             Choice("status", "Derived status", values=AGENT_STATUSES),
@@ -39,6 +48,16 @@ class AgentsHandler(APIHandler):
 
 class AgentHandler(APIHandler):
     scopes = {"GET": "read", "DELETE": "control"}
+    docs = {
+        "GET": Op(
+            "One agent with stats, recent errors and pending commands",
+            {"200": ok("AgentDetail"), "404": problem("Unknown agent")},
+        ),
+        "DELETE": Op(
+            "Stop an agent (graceful; force=true requeues its task)",
+            {**COMMAND_ANSWERS, "409": problem("Agent already stopped")},
+        ),
+    }
     actions = {"DELETE": "agents.stop"}
     path = (AGENT_PATH,)
     query = {"DELETE": (Boolean("force", "Abandon the current task"), DRY_RUN)}
@@ -62,6 +81,7 @@ class AgentHandler(APIHandler):
 
 class AgentRestartHandler(APIHandler):
     scopes = {"POST": "control"}
+    docs = {"POST": Op("Restart an agent", {**COMMAND_ANSWERS, "409": problem("Agent stopped")})}
     actions = {"POST": "agents.restart"}
     path = (AGENT_PATH,)
     query = {"POST": (DRY_RUN,)}

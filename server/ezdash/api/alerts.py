@@ -8,10 +8,17 @@ from __future__ import annotations
 from ..alerts.rules import public_rule, save_rules
 from .base import APIHandler
 from .models import AlertRules
+from .opdocs import Body, Op, ok
 
 
 class AlertsHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {
+        "GET": Op(
+            "Alerts firing now and the most recent ones, with webhook deliveries",
+            {"200": ok("AlertsAnswer")},
+        )
+    }
 
     async def get(self) -> None:
         self.write_json(await self.services.alerts.view())
@@ -19,6 +26,17 @@ class AlertsHandler(APIHandler):
 
 class AlertRulesHandler(APIHandler):
     scopes = {"GET": "read", "PUT": "admin"}
+    docs = {
+        "GET": Op(
+            "The alert rules (webhook secrets are never shown)", {"200": ok("AlertRulesAnswer")}
+        ),
+        "PUT": Op(
+            "Replace the alert rules (a webhook without a secret keeps its old one "
+            "when id and URL are unchanged)",
+            {"200": ok("AlertRulesAnswer")},
+            body=Body(AlertRules),
+        ),
+    }
     actions = {"PUT": "alerts.rules"}
 
     async def get(self) -> None:

@@ -22,6 +22,7 @@ from ..metrics.query import QueryError, envelope, fmt_step, percentiles, stats
 from ..timeutil import format_ms, parse_duration
 from .errors import Problem, invalid
 from .metrics import FILTER_ONLY, METRICS_QUERY, SLICE, MetricsHandler
+from .opdocs import Op, ok, problem
 from .params import WHOLE_HOURS, WHOLE_SECONDS, Choice, Duration, Number, Percentages
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ ANALYTICS_STEP = Duration(
     pattern=WHOLE_SECONDS,
     hint="must be a whole number of seconds, e.g. 60s, 5m, 1h",
 )
+TOO_LITTLE_DATA = problem("Not enough data in the range to fit")
 
 
 class AnalyticsHandler(MetricsHandler):
@@ -104,6 +106,8 @@ class AnalyticsHandler(MetricsHandler):
 
 
 class HistoryHandler(AnalyticsHandler):
+    docs = {"GET": Op("Any metric at any step, columnar", {"200": ok("HistoryAnswer")})}
+
     async def get(self) -> None:
         started = time.perf_counter()
         metric = self.metric()
@@ -124,6 +128,13 @@ class HistoryHandler(AnalyticsHandler):
 
 
 class TrendsHandler(AnalyticsHandler):
+    docs = {
+        "GET": Op(
+            "Slope per day, change against the previous window, direction with p-value, "
+            "seasonality strength, per group",
+            {"200": ok("TrendsAnswer"), "409": TOO_LITTLE_DATA},
+        )
+    }
     query = {"GET": (METRIC, WINDOW, SLICE)}
 
     async def get(self) -> None:
@@ -165,6 +176,12 @@ class TrendsHandler(AnalyticsHandler):
 
 
 class ForecastHandler(AnalyticsHandler):
+    docs = {
+        "GET": Op(
+            "Forecast with prediction intervals and its backtest",
+            {"200": ok("ForecastAnswer"), "409": TOO_LITTLE_DATA},
+        )
+    }
     query = {
         "GET": (
             METRIC,
@@ -209,6 +226,12 @@ class ForecastHandler(AnalyticsHandler):
 
 
 class AnomaliesHandler(AnalyticsHandler):
+    docs = {
+        "GET": Op(
+            "Points that break the learned pattern",
+            {"200": ok("AnomaliesAnswer"), "409": TOO_LITTLE_DATA},
+        )
+    }
     query = {
         "GET": (
             METRIC,
@@ -241,6 +264,12 @@ class AnomaliesHandler(AnalyticsHandler):
 
 
 class PredictionsHandler(AnalyticsHandler):
+    docs = {
+        "GET": Op(
+            "Month-end cost with interval, budget run-out, drain ETA per queue",
+            {"200": ok("PredictionsAnswer"), "409": TOO_LITTLE_DATA},
+        )
+    }
     query = {
         "GET": (
             Number(
@@ -293,6 +322,7 @@ async def predictions(h: AnalyticsHandler, now: int, level: float) -> dict[str, 
 class SummaryHandler(AnalyticsHandler):
     """The front page in one call, cached for EZ_SUMMARY_CACHE seconds."""
 
+    docs = {"GET": Op("The dashboard front page in one call", {"200": ok("SummaryAnswer")})}
     query = {}
 
     async def get(self) -> None:

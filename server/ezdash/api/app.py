@@ -52,14 +52,21 @@ def routes() -> list[tuple[str, type[APIHandler]]]:
     return out
 
 
+def implemented(cls: type[tornado.web.RequestHandler]) -> list[str]:
+    """The methods ``cls`` has a handler method for (Tornado's defaults do not count)."""
+    out = []
+    for method in METHODS:
+        impl = getattr(cls, method.lower(), None)
+        if impl is not None and impl is not getattr(tornado.web.RequestHandler, method.lower()):
+            out.append(method)
+    return out
+
+
 def check_handler_auth(table: list[tuple[str, type[APIHandler]]]) -> None:
     """Refuse to start with a handler method that made no scope decision."""
     for pattern, cls in table:
-        for method in METHODS:
-            impl = getattr(cls, method.lower(), None)
-            base_impl = getattr(tornado.web.RequestHandler, method.lower(), None)
-            if impl is None or impl is base_impl:
-                continue
+        for method in implemented(cls):
+            impl = getattr(cls, method.lower())
             if method not in cls.scopes:
                 raise RuntimeError(f"{cls.__name__}.{method.lower()} ({pattern}) has no scope")
             if not inspect.iscoroutinefunction(impl) and not callable(impl):

@@ -6,6 +6,7 @@ from .base import APIHandler
 from .errors import Problem, not_found
 from .listing import entry_id, list_page
 from .models import KeyCreate
+from .opdocs import Body, Op, ok, problem
 from .params import KEY_PATH, PAGE, Choice, Text, Time
 
 
@@ -13,6 +14,12 @@ class TokenHandler(APIHandler):
     """Exchange an API key for a short-lived JWT carrying the key's scopes."""
 
     scopes = {"POST": "any"}
+    docs = {
+        "POST": Op(
+            "Exchange the API key you authenticate with for a short-lived JWT",
+            {"200": ok("Token")},
+        )
+    }
     actions = {"POST": "auth.token"}
 
     def post(self) -> None:
@@ -28,6 +35,14 @@ class TokenHandler(APIHandler):
 
 class KeysHandler(APIHandler):
     scopes = {"GET": "admin", "POST": "admin"}
+    docs = {
+        "GET": Op("List API keys (never the keys)", {"200": ok("KeyPage")}),
+        "POST": Op(
+            "Create an API key; the key is in this answer only",
+            {"201": ok("ApiKeyCreated", "Created")},
+            body=Body(KeyCreate),
+        ),
+    }
     actions = {"POST": "auth.keys.create"}
 
     async def get(self) -> None:
@@ -46,6 +61,12 @@ class KeysHandler(APIHandler):
 
 class KeyHandler(APIHandler):
     scopes = {"DELETE": "admin"}
+    docs = {
+        "DELETE": Op(
+            "Revoke an API key (at once, on every instance)",
+            {"200": ok("ApiKey"), "404": problem("Unknown key")},
+        )
+    }
     actions = {"DELETE": "auth.keys.revoke"}
     path = (KEY_PATH,)
 
@@ -58,6 +79,7 @@ class KeyHandler(APIHandler):
 
 class AuditHandler(APIHandler):
     scopes = {"GET": "admin"}
+    docs = {"GET": Op("Audit log, newest first", {"200": ok("AuditPage")})}
     query = {
         "GET": (
             Text("principal", "Who (key:<id>, ext:<sub>, anonymous)"),

@@ -41,6 +41,7 @@ from ..store.errors import DomainError
 from ..timeutil import parse_time
 from .errors import Problem, invalid, not_found, problem_for
 from .models import UNION_TAGS
+from .opdocs import Op
 from .params import (
     ACCESS_TOKEN,
     IDEMPOTENCY_KEY,
@@ -96,6 +97,9 @@ class APIHandler(RequestHandler):
     """What each captured path segment of the route must look like (else 404)."""
     headers_in: dict[str, tuple[Header, ...]] = {}
     """Request headers each method reads (Idempotency-Key, Last-Event-ID)."""
+    docs: dict[str, Op] = {}
+    """How each method answers, for the OpenAPI document (see ``opdocs``); every
+    routed class declares its own, a subclass does not inherit them."""
     query_token = False
     principal: Principal
     audit_target = ""

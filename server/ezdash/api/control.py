@@ -6,11 +6,13 @@ from ..keys import COMMAND_STATUSES
 from .base import APIHandler
 from .errors import not_found
 from .listing import list_page, text
+from .opdocs import Op, ok, problem
 from .params import AGENT, COMMAND_PATH, PAGE, Choice
 
 
 class CommandsHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {"GET": Op("List commands (newest first)", {"200": ok("CommandPage")})}
     query = {"GET": (AGENT, Choice("status", "Command status", values=COMMAND_STATUSES), *PAGE)}
 
     async def get(self) -> None:
@@ -26,6 +28,7 @@ class CommandsHandler(APIHandler):
 
 class CommandHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {"GET": Op("One command", {"200": ok("Command"), "404": problem("Unknown command")})}
     path = (COMMAND_PATH,)
 
     async def get(self, command_id: str) -> None:

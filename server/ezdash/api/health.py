@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from .. import __version__
 from .asyncapi import asyncapi_document
 from .base import APIHandler
+from .opdocs import Op, ok
 from .openapi import openapi_document
 
 PING_TIMEOUT_S = 1.0
@@ -36,6 +37,7 @@ class LiveHandler(APIHandler):
     Redis outage never gets healthy instances restarted."""
 
     scopes = {"GET": None}
+    docs = {"GET": Op("Liveness: the process answers (never touches Redis)", {"200": ok("Live")})}
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
@@ -43,6 +45,12 @@ class LiveHandler(APIHandler):
 
 class HealthHandler(APIHandler):
     scopes = {"GET": None}
+    docs = {
+        "GET": Op(
+            "Liveness and Redis latency",
+            {"200": ok("Health"), "503": ok("Health", "Redis unreachable")},
+        )
+    }
 
     async def get(self) -> None:
         latency = await ping_ms(self)
@@ -62,6 +70,12 @@ class ReadyHandler(APIHandler):
     while Redis does not answer, since nothing but the probes could be served."""
 
     scopes = {"GET": None}
+    docs = {
+        "GET": Op(
+            "Readiness: 503 while draining or while Redis does not answer",
+            {"200": ok("Ready"), "503": ok("Ready", "Draining or no Redis")},
+        )
+    }
 
     async def get(self) -> None:
         if self.services.draining:
@@ -74,6 +88,7 @@ class ReadyHandler(APIHandler):
 
 class OpenAPIHandler(APIHandler):
     scopes = {"GET": None}
+    docs = {"GET": Op("This document", {"200": ok({"type": "object"})})}
 
     def get(self) -> None:
         self.write_json(openapi_document())
@@ -83,14 +98,15 @@ class AsyncAPIHandler(APIHandler):
     """The AsyncAPI 3.1 document of ``/api/ws`` (``ezdash.api.asyncapi``)."""
 
     scopes = {"GET": None}
+    docs = {"GET": Op("The AsyncAPI 3.1 document of /api/ws", {"200": ok({"type": "object"})})}
 
     def get(self) -> None:
         self.write_json(asyncapi_document())
 
 
 default_handlers = [
-    (r"/api/live", LiveHandler),
     (r"/api/health", HealthHandler),
+    (r"/api/live", LiveHandler),
     (r"/api/ready", ReadyHandler),
     (r"/api/openapi.json", OpenAPIHandler),
     (r"/api/asyncapi.json", AsyncAPIHandler),

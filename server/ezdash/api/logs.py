@@ -30,7 +30,20 @@ from ..store.tasks import fingerprint
 from ..timeutil import format_ms, parse_time
 from .base import APIHandler
 from .listing import entry_id, list_page
-from .params import ENTRY_ID, IDEMPOTENCY_KEY, PAGE, Boolean, Choice, Header, Since, Text, Time
+from .models import LogEntryIn
+from .opdocs import Op, batch, ok, ok_text, problem, ref
+from .params import (
+    ENTRY_ID,
+    IDEMPOTENCY_KEY,
+    PAGE,
+    STREAM_ID,
+    Boolean,
+    Choice,
+    Header,
+    Since,
+    Text,
+    Time,
+)
 
 DAY = 86_400_000
 CSV_COLUMNS = ("id", "ts", "level", "agent_id", "task_id", "message", "fields")
@@ -54,6 +67,23 @@ LOG_RANGE = (
     Time("from", "Recorded at or after (default now-24h)"),
     Time("to", "Recorded before (default now; a to before from selects nothing)"),
 )
+
+SSE_EVENT = {
+    "type": "object",
+    "description": "One event (comments are not events)",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": STREAM_ID},
+        "event": {"const": "log"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": ref("LogEntry"),
+        },
+        "retry": {"type": "integer"},
+    },
+}
+"""The schema of one event of ``/api/logs/stream``."""
 
 
 class LogsHandler(APIHandler):
@@ -80,6 +110,13 @@ class LogsHandler(APIHandler):
 
 
 class SearchHandler(LogsHandler):
+    docs = {
+        "GET": Op(
+            "Log entries, newest first; a page may be short with a cursor when the "
+            "filter is sparse (each page examines a bounded number of entries)",
+            {"200": ok("LogPage")},
+        )
+    }
     query = {"GET": (*LOG_FILTERS, *LOG_RANGE, *PAGE)}
 
     async def get(self) -> None:
@@ -102,6 +139,16 @@ class ExportHandler(LogsHandler):
     the range, and the client sees bytes at once. gzip when the client accepts it
     (compressed here, in stream, since the generic transform skips these types)."""
 
+    docs = {
+        "GET": Op(
+            "The matching entries, oldest first, streamed as an attachment (gzip when accepted)",
+            {
+                "200": ok_text(
+                    "NDJSON (one LogEntry per line) or CSV", "application/x-ndjson", "text/csv"
+                )
+            },
+        )
+    }
     query = {
         "GET": (
             *LOG_FILTERS,
@@ -188,6 +235,19 @@ class StreamHandler(LogsHandler):
     """``text/event-stream``: missed entries first (after ``Last-Event-ID`` or
     ``since``), then live ones, each id strictly after the one before."""
 
+    docs = {
+        "GET": Op(
+            "Server-Sent Events: `id`, `event: log`, `data: LogEntry`; resumes after "
+            "Last-Event-ID (or ?since=) with nothing lost and nothing twice; a comment "
+            "line at least every 15 s",
+            {
+                "200": {
+                    "description": "An event stream: one event per log entry",
+                    "content": {"text/event-stream": {"schema": SSE_EVENT}},
+                }
+            },
+        )
+    }
     query_token = True
     _closed = False
     query = {"GET": (*LOG_FILTERS, Since("since", "An entry id or a time to resume after"))}
@@ -305,6 +365,13 @@ class IngestLogsHandler(APIHandler):
     every problem named by index; an Idempotency-Key makes a resend harmless."""
 
     scopes = {"POST": "write"}
+    docs = {
+        "POST": Op(
+            'Log entries (a JSON array of LogEntryIn or {"entries": [...]}); all or nothing',
+            {"202": ok("Accepted", "Accepted"), "413": problem("Too many entries")},
+            body=batch(LogEntryIn, "entries"),
+        )
+    }
     actions = {"POST": "ingest.logs"}
     headers_in = {"POST": (IDEMPOTENCY_KEY,)}
 
@@ -336,8 +403,8 @@ class IngestLogsHandler(APIHandler):
 
 
 default_handlers = [
+    (r"/api/ingest/logs", IngestLogsHandler),
     (r"/api/logs/search", SearchHandler),
     (r"/api/logs/export", ExportHandler),
     (r"/api/logs/stream", StreamHandler),
-    (r"/api/ingest/logs", IngestLogsHandler),
 ]

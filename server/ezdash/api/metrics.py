@@ -8,7 +8,7 @@ import orjson
 
 from ..metrics import catalog
 from ..metrics.catalog import TOKEN_COUNTERS, QueryError, supported
-from ..metrics.events import validate_batch
+from ..metrics.events import UsageEvent, validate_batch
 from ..metrics.histogram import merge
 from ..metrics.pricing import nanos_to_usd
 from ..metrics.query import Plan, envelope, percentiles, plan, ratio
@@ -17,6 +17,7 @@ from ..store.tasks import fingerprint
 from .base import APIHandler
 from .errors import invalid
 from .models import QUEUE_PATTERN
+from .opdocs import Op, batch, ok, problem
 from .params import (
     AGENT,
     FROM,
@@ -80,6 +81,11 @@ FILTER_ONLY = Group(
 METRICS_QUERY: tuple[Param | Group, ...] = (FROM, TO, STEP, SLICE)
 
 
+def metrics_op(summary: str) -> dict[str, Op]:
+    """The ``docs`` of a metrics endpoint: GET, answered with a MetricsAnswer."""
+    return {"GET": Op(summary, {"200": ok("MetricsAnswer")})}
+
+
 class MetricsHandler(APIHandler):
     """Shared parsing: from, to, step, group_by and the filters."""
 
@@ -118,6 +124,8 @@ class MetricsHandler(APIHandler):
 
 
 class TokensHandler(MetricsHandler):
+    docs = metrics_op("Tokens by kind per bucket")
+
     async def get(self) -> None:
         started = time.perf_counter()
         p, group_by = await self.plan()
@@ -140,6 +148,8 @@ class TokensHandler(MetricsHandler):
 
 
 class CostsHandler(MetricsHandler):
+    docs = metrics_op("Cost in USD per bucket (price_table names the table)")
+
     async def get(self) -> None:
         started = time.perf_counter()
         p, group_by = await self.plan()
@@ -171,6 +181,8 @@ class CostsHandler(MetricsHandler):
 
 
 class PerformanceHandler(MetricsHandler):
+    docs = metrics_op("Requests, tasks, latency percentiles, task duration p95, success rate")
+
     async def get(self) -> None:
         started = time.perf_counter()
         p, group_by = await self.plan()
@@ -222,6 +234,8 @@ class PerformanceHandler(MetricsHandler):
 
 
 class ErrorsHandler(MetricsHandler):
+    docs = metrics_op("Errors and error rate per bucket; top error types")
+
     async def get(self) -> None:
         started = time.perf_counter()
         p, group_by = await self.plan()
@@ -266,6 +280,7 @@ class ErrorsHandler(MetricsHandler):
 
 class PricesHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {"GET": Op("The active model price table", {"200": ok("PriceTableDoc")})}
 
     def get(self) -> None:
         self.write_json(self.services.prices.as_api())
@@ -279,6 +294,13 @@ class IngestUsageHandler(APIHandler):
     the batch as it was.  With an Idempotency-Key a resent batch is counted once."""
 
     scopes = {"POST": "write"}
+    docs = {
+        "POST": Op(
+            'Usage events (a JSON array or {"events": [...]}); all or nothing',
+            {"202": ok("Accepted", "Accepted"), "413": problem("Too many events")},
+            body=batch(UsageEvent, "events"),
+        )
+    }
     actions = {"POST": "ingest.usage"}
     headers_in = {"POST": (IDEMPOTENCY_KEY,)}
 

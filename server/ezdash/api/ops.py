@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..keys import AGENT_STATUSES
 from .base import APIHandler
+from .opdocs import Op, ok_text
 from .openapi import openapi_document
 from .stats import labels_text
 
@@ -33,6 +34,13 @@ class MetricsHandler(APIHandler):
     a key as a bearer token): agent and queue names are not for anyone passing by."""
 
     scopes = {"GET": "read"}
+    docs = {
+        "GET": Op(
+            "Prometheus text exposition: this instance's request counts and latencies, "
+            "the fleet's agents by status and queue gauges",
+            {"200": ok_text("Prometheus text format 0.0.4", "text/plain")},
+        )
+    }
 
     async def get(self) -> None:
         svc = self.services
@@ -114,6 +122,9 @@ class DocsHandler(APIHandler):
     the same strict Content-Security-Policy as the API (plus inline styles)."""
 
     scopes = {"GET": None}
+    docs = {
+        "GET": Op("This document as a human-readable page", {"200": ok_text("HTML", "text/html")})
+    }
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")

@@ -33,6 +33,7 @@ from ..store.tail import StreamTail, read_after
 from ..timeutil import format_ms, parse_time
 from .base import APIHandler
 from .errors import Problem
+from .opdocs import Op, problem
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,18 @@ def hub_for(services: Services) -> Hub:
 
 class RealtimeHandler(APIHandler, WebSocketHandler):
     scopes = {"GET": "read"}
+    docs = {
+        "GET": Op(
+            "WebSocket (upgrade): send {op: subscribe|unsubscribe, topics, since} or "
+            "{op: ping}; receive {type, id, ts, data} with type hello, agent.updated, "
+            "task.updated, queue.status, error, log, pong, resync or problem. A client "
+            "too slow to keep up gets resync and close code 1013",
+            {
+                "101": {"description": "Switching Protocols"},
+                "426": problem("Not a WebSocket upgrade request"),
+            },
+        )
+    }
     query_token = True
     client: Client | None = None
 

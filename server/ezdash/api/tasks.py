@@ -10,11 +10,29 @@ from .base import APIHandler
 from .errors import Problem, not_found
 from .listing import list_page, number, text
 from .models import QUEUE_PATTERN, TYPE_PATTERN, TaskCreate
+from .opdocs import Body, Op, ok, problem, ref
 from .params import AGENT, DRY_RUN, IDEMPOTENCY_KEY, PAGE, TASK_PATH, Choice, Text, Time
+
+TASK_CHANGE_ANSWERS = {
+    "200": ok({"oneOf": [ref("TaskEnvelope"), ref("DryRun")]}),
+    "404": problem("Unknown task"),
+}
+"""What a retry or a cancel answers, but for its 409."""
 
 
 class TasksHandler(APIHandler):
     scopes = {"GET": "read", "POST": "write"}
+    docs = {
+        "GET": Op("List tasks (newest first)", {"200": ok("TaskPage")}),
+        "POST": Op(
+            "Create a task",
+            {
+                "201": ok("TaskEnvelope", "Created; Location names it"),
+                "413": problem("Body or payload too large"),
+            },
+            body=Body(TaskCreate),
+        ),
+    }
     actions = {"POST": "tasks.create"}
     query = {
         "GET": (
@@ -91,6 +109,12 @@ class TasksHandler(APIHandler):
 
 class TaskHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {
+        "GET": Op(
+            "One task with its attempt history",
+            {"200": ok("TaskWithHistory"), "404": problem("Unknown task")},
+        )
+    }
     path = (TASK_PATH,)
 
     async def get(self, task_id: str) -> None:
@@ -102,6 +126,12 @@ class TaskHandler(APIHandler):
 
 class TaskRetryHandler(APIHandler):
     scopes = {"PUT": "write"}
+    docs = {
+        "PUT": Op(
+            "Put a failed, dead or cancelled task back on its queue",
+            {**TASK_CHANGE_ANSWERS, "409": problem("Task not retryable")},
+        )
+    }
     actions = {"PUT": "tasks.retry"}
     path = (TASK_PATH,)
     query = {"PUT": (DRY_RUN,)}
@@ -112,6 +142,12 @@ class TaskRetryHandler(APIHandler):
 
 class TaskCancelHandler(APIHandler):
     scopes = {"POST": "write"}
+    docs = {
+        "POST": Op(
+            "Cancel a queued or running task",
+            {**TASK_CHANGE_ANSWERS, "409": problem("Task already finished")},
+        )
+    }
     actions = {"POST": "tasks.cancel"}
     path = (TASK_PATH,)
     query = {"POST": (DRY_RUN,)}
@@ -143,6 +179,12 @@ async def transition(h: APIHandler, task_id: str, action: str) -> None:
 
 class QueuesHandler(APIHandler):
     scopes = {"GET": "read"}
+    docs = {
+        "GET": Op(
+            "Queues with depth, age and throughput",
+            {"200": ok({"type": "array", "items": ref("Queue")})},
+        )
+    }
 
     async def get(self) -> None:
         svc = self.services
