@@ -16,8 +16,10 @@ import orjson
 import pandas as pd
 from redis.asyncio import Redis
 
+from ezdash.backfill import backfill
+from ezdash.backfill.fleet import DAY_MS, MODELS
+from ezdash.backfill.simulation import Calls, Simulation
 from ezdash.keys import Keys
-from ezdash.metrics.backfill import DAY_MS, MODELS, Calls, Simulation, backfill
 from ezdash.metrics.events import UsageEvent
 from ezdash.metrics.pricing import load_price_table
 from ezdash.metrics.recorder import RAW_MAXLEN, UsageRecorder

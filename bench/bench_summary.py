@@ -15,7 +15,7 @@ import statistics
 import time
 import urllib.request
 
-from ezdash.metrics.backfill import backfill
+from ezdash.backfill import backfill
 
 from .bench_api import AUTH, seed_agents
 from .common import project_server, redis_server, report

@@ -22,7 +22,7 @@ from ezdash.analysis.pool import AnalyticsPool
 from ezdash.analyst.app import serve_analyst, websocket_origins
 from ezdash.analyst.data import DAY, HOUR, AnalystData, Query
 from ezdash.analyst.page import AnalystPage
-from ezdash.metrics.backfill import backfill
+from ezdash.backfill import backfill
 from ezdash.settings import Settings
 
 from .conftest import Api, wait_for

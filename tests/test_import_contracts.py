@@ -21,9 +21,7 @@ ANALYTICS = REPO / "analytics"
 API_USERS = {"ezdash.serve", "ezdash.cli"}
 """What may import the HTTP layer: the processes that run it."""
 
-KNOWN: dict[tuple[str, str], str] = {
-    ("metrics", "agent"): "metrics.backfill simulates the demo fleet: split backfill.py",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _module(path: Path, root: Path) -> str:

@@ -165,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _backfill(settings: Settings, days: float, agents: int, seed: int) -> None:
+    from .backfill import backfill
     from .cliutil import redis_for
-    from .metrics.backfill import backfill
     from .metrics.pricing import load_price_table
 
     async with redis_for(settings) as url:

@@ -60,7 +60,7 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 async def first_run_history(services: Services, redis_url: str) -> None:
     """An empty store gets a few weeks of the demo fleet's history, so every chart has
     data at once; written in the background while the server already answers."""
-    from .metrics.backfill import backfill
+    from .backfill import backfill
 
     s = services.settings
     print(f"empty metrics store: backfilling {s.backfill_days} days of demo history...", flush=True)

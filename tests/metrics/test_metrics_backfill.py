@@ -15,27 +15,14 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from ezdash.backfill import Progress, ProgressBar, backfill
+from ezdash.backfill.cells import LabelTable, base_cells, keep_retained, latency_buckets, roll_up
+from ezdash.backfill.fleet import DAY_MS, ERROR_TYPES, INCIDENTS, MODELS, fleet
+from ezdash.backfill.run import prepare_chunk
+from ezdash.backfill.simulation import Simulation
+from ezdash.backfill.writer import CellAggregator, reference_aggregator
 from ezdash.keys import Keys
 from ezdash.metrics import histogram
-from ezdash.metrics.backfill import (
-    DAY_MS,
-    ERROR_TYPES,
-    INCIDENTS,
-    MODELS,
-    CellAggregator,
-    LabelTable,
-    Progress,
-    ProgressBar,
-    Simulation,
-    backfill,
-    base_cells,
-    fleet,
-    keep_retained,
-    latency_buckets,
-    prepare_chunk,
-    reference_aggregator,
-    roll_up,
-)
 from ezdash.metrics.catalog import COUNTERS
 from ezdash.metrics.pricing import PriceTable, load_price_table, parse_price_table
 from ezdash.metrics.rollup import DEFAULT_TIERS, Aggregator, parse_tiers

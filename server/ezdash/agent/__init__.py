@@ -15,7 +15,9 @@ view with the agent and task id. The Redis protocol it speaks is in
 docs/agent-protocol.md.
 """
 
+from .config import AgentConfig, PermanentError
+from .context import TaskContext
 from .logs import LogHandler, LogRecorder
-from .runtime import Agent, AgentConfig, PermanentError, TaskContext
+from .runtime import Agent
 
 __all__ = ["Agent", "AgentConfig", "LogHandler", "LogRecorder", "PermanentError", "TaskContext"]

@@ -22,7 +22,9 @@ from redis.asyncio import Redis
 from ..keys import Keys
 from ..store.scripts import Scripts
 from ..store.tasks import TaskStore
-from .runtime import Agent, AgentConfig, PermanentError, TaskContext
+from .config import AgentConfig, PermanentError
+from .context import TaskContext
+from .runtime import Agent
 
 log = logging.getLogger("ezdash.demo")
 

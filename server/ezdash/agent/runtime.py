@@ -3,7 +3,7 @@
 Three loops run side by side: *work* (take a task, run the handler, report),
 *pulse* (heartbeat, renew the leases of running tasks, notice cancellations,
 reclaim deliveries of dead agents), and *control* (read this agent's command
-stream).  Blocking Redis reads get their own connections (``store.blocking``: a
+stream: ``agent.control``).  Blocking Redis reads get their own connections (``store.blocking``: a
 socket timeout longer than the block) so a long XREAD never holds up a heartbeat
 and never times out while Redis is healthy.  Each loop is supervised: one that
 fails unexpectedly is logged and started again, so an agent never goes on
@@ -16,6 +16,10 @@ again, and at start-up the agent takes up the commands still pending for it.
 Usage and log entries are buffered and written in batches by background flushers
 (``metrics.recorder``, ``agent.logs``), so a handler never waits on Redis to report
 a call or write a line.
+
+This module is the agent's life and its loops; beside it are what the agent is
+configured with (``agent.config``), what a handler sees (``agent.context``) and the
+command stream's delivery (``agent.control``).
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -43,18 +46,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import __version__
 from ..aio import reraise_if_cancelling
 from ..ids import AGENT_ID
-from ..invariants import AGENT_RULES, problems
 from ..keys import Keys
 from ..metrics.events import UsageEvent
 from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.recorder import UsageRecorder
-from ..metrics.rollup import DEFAULT_TIERS, parse_tiers
+from ..metrics.rollup import parse_tiers
 from ..store.blocking import blocking_client
 from ..store.commands import CommandStore
 from ..store.logs import LogStore
 from ..store.scripts import Scripts
 from ..store.tasks import Delivery, TaskStore
 from ..timeutil import now_ms
+from .config import AgentConfig, PermanentError
+from .context import Handler, Hook, TaskContext, log_outcome
+from .control import CommandInbox
 from .logs import LogHandler, LogRecorder, Scope, current_scope
 
 log = logging.getLogger("ezdash.agent")
@@ -67,124 +72,6 @@ def _prices() -> PriceTable:
     return load_price_table(
         Path(os.environ["EZ_PRICES_FILE"]) if os.environ.get("EZ_PRICES_FILE") else None
     )
-
-
-class PermanentError(Exception):
-    """Raise from a handler when retrying cannot help (bad input): the task ends
-    ``failed`` at once instead of using up its attempts."""
-
-
-@dataclass
-class AgentConfig:
-    """How the agent behaves; the defaults suit a real fleet, tests shorten them."""
-
-    queues: list[str] = field(default_factory=lambda: ["default"])
-    kind: str = "generic"
-    name: str | None = None
-    model: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    concurrency: int = 1
-    heartbeat_interval: float = 5.0
-    visibility_timeout: float = 60.0
-    block_s: float = 5.0
-    retry_backoff_s: float = 1.0
-    retry_backoff_max_s: float = 60.0
-    prefix: str = "ez"
-    events_maxlen: int = 100_000
-    record_usage: bool = True
-    rollup_tiers: str = DEFAULT_TIERS  # must match the server's EZ_ROLLUP_TIERS
-    usage_flush_s: float = 1.0
-    # -- logs (docs/agent-protocol.md §11) --
-    record_logs: bool = True
-    log_maxlen: int = 1_000_000  # every writer trims the stream: use the server's EZ_LOG_MAXLEN
-    log_retention: float = 7 * 86400.0  # seconds; the server's EZ_LOG_RETENTION
-    log_flush_s: float = 0.5
-    log_batch: int = 200
-    log_buffer: int = 10_000  # entries kept while Redis is away; the oldest go first
-    capture_logging: bool = True
-    """Forward Python ``logging`` records made by the agent's code (in a handler or
-    its hooks) to the log stream; see ``LogHandler`` for what is and is not taken."""
-    capture_loggers: list[str] = field(default_factory=lambda: [""])  # "" is the root logger
-    capture_level: int | str = logging.INFO
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Refuse values that break a rule between them (``ezdash.invariants``, the
-        rules the server's settings obey too)."""
-        found = problems(self, AGENT_RULES)
-        if found:
-            raise ValueError("; ".join(found))
-
-
-@dataclass
-class TaskContext:
-    """What a handler gets: the task and a way to tell whether to give up early."""
-
-    id: str
-    type: str
-    queue: str
-    payload: Any
-    attempt: int
-    max_attempts: int
-    agent: Agent
-
-    def log(self, level: str | int, message: str, /, **fields: Any) -> None:
-        """Write a log entry about this task (agent and task id are added); returns at
-        once, the entry is written with others within ``log_flush_s``. ``level`` is a
-        name (``debug`` … ``critical``) or a ``logging`` number; a bad one raises."""
-        self.agent._log(level, message, self.id, fields)
-
-    def debug(self, message: str, /, **fields: Any) -> None:
-        self.agent._log("debug", message, self.id, fields)
-
-    def info(self, message: str, /, **fields: Any) -> None:
-        self.agent._log("info", message, self.id, fields)
-
-    def warning(self, message: str, /, **fields: Any) -> None:
-        self.agent._log("warning", message, self.id, fields)
-
-    def error(self, message: str, /, **fields: Any) -> None:
-        self.agent._log("error", message, self.id, fields)
-
-    def record_usage(
-        self,
-        *,
-        model: str,
-        provider: str,
-        input_tokens: int,
-        output_tokens: int,
-        latency_ms: float,
-        cached_tokens: int = 0,
-        cache_creation_tokens: int = 0,
-        reasoning_tokens: int = 0,
-        status: str = "ok",
-        error_type: str | None = None,
-        cost_usd: float | None = None,
-    ) -> None:
-        """Report one LLM call made for this task (tokens per the OpenTelemetry GenAI
-        conventions: input includes cached and cache-creation tokens, output includes
-        reasoning).  Leave cost_usd out to have the server's price table price it."""
-        self.agent.record_usage(
-            model=model,
-            provider=provider,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            latency_ms=latency_ms,
-            cached_tokens=cached_tokens,
-            cache_creation_tokens=cache_creation_tokens,
-            reasoning_tokens=reasoning_tokens,
-            status=status,
-            error_type=error_type,
-            cost_usd=cost_usd,
-            task_id=self.id,
-            queue=self.queue,
-        )
-
-
-Handler = Callable[[TaskContext], Coroutine[Any, Any, Any]]
-Hook = Callable[["Agent"], Awaitable[None]]
 
 
 class Agent:
@@ -257,7 +144,7 @@ class Agent:
         self._idle.set()
         self._blocking: list[Redis] = []
         self.completed = 0
-        self._obeyed: dict[str, None] = {}  # commands acted on by this process, newest last
+        self._inbox = CommandInbox(self)
 
     # -- the agent's own document -------------------------------------------------
     def document(self) -> dict[str, Any]:
@@ -391,7 +278,7 @@ class Agent:
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             (f"work{i}", functools.partial(self._work, i)) for i in range(cfg.concurrency)
         ]
-        loops += [("pulse", self._pulse), ("control", self._control)]
+        loops += [("pulse", self._pulse), ("control", self._inbox.run)]
         self._loops = [
             asyncio.create_task(self._supervised(name, loop), name=f"{self.id}:{name}")
             for name, loop in loops
@@ -442,7 +329,7 @@ class Agent:
         with contextlib.suppress(RedisError, OSError):
             await self._report(lambda: self._publish_status("stopped"))
         if command_id:
-            await self._command_done(command_id, "completed")
+            await self._inbox.done(command_id, "completed")
         self._stopped.set()
 
     async def kill(self) -> None:
@@ -622,7 +509,7 @@ class Agent:
                     d, self.id, result=result, error=error, retryable=retryable, backoff_s=backoff
                 )
             )
-            self._log_outcome(ctx, outcome, status, error, backoff, time.monotonic() - began)
+            log_outcome(ctx, outcome, status, error, backoff, time.monotonic() - began)
             if outcome == "stale":
                 log.info("%s: result for %s discarded: task is now %s", self.id, d.id, status)
             elif self.recorder is not None and status in ("succeeded", "failed", "dead"):
@@ -638,40 +525,6 @@ class Agent:
         finally:
             self.running.pop(d.id, None)
         await self._publish_quiet()
-
-    @staticmethod
-    def _log_outcome(
-        ctx: TaskContext,
-        outcome: str,
-        status: str,
-        error: tuple[str, str] | None,
-        backoff_s: float,
-        took_s: float,
-    ) -> None:
-        fields: dict[str, Any] = {
-            "status": status,
-            "attempt": ctx.attempt,
-            "max_attempts": ctx.max_attempts,
-            "duration_ms": round(took_s * 1000, 1),
-        }
-        if error is not None:
-            fields["error_type"], fields["error"] = error
-        what = f"{error[0]}: {error[1]}" if error is not None else ""
-        if outcome == "stale":
-            ctx.warning(f"outcome discarded: the task is now {status}", **fields)
-        elif status == "succeeded":
-            ctx.info(f"task succeeded in {took_s:.2f}s", **fields)
-        elif status == "queued":
-            ctx.warning(
-                f"attempt {ctx.attempt}/{ctx.max_attempts} failed ({what}); "
-                f"retry in {backoff_s:.1f}s",
-                backoff_s=round(backoff_s, 3),
-                **fields,
-            )
-        elif status == "dead":
-            ctx.error(f"task dead after {ctx.attempt} attempts ({what})", **fields)
-        else:
-            ctx.error(f"task {status} ({what})" if what else f"task {status}", **fields)
 
     async def _abandon(self, d: Delivery) -> tuple[str, str]:
         return "ok", await self.tasks.abandon(d, self.id)
@@ -707,112 +560,7 @@ class Agent:
                 reraise_if_cancelling(e)
                 log.warning("%s: heartbeat failed: %s", self.id, e)
 
-    # -- control --------------------------------------------------------------------
-    async def _control(self) -> None:
-        """Read this agent's command stream and obey each command, in order.
-
-        ``last`` only moves past an entry once it was handled: after a Redis error
-        (a reconnect, a restart of Redis) the read resumes from there, so no command
-        is skipped; one handled twice is refused by its status the second time."""
-        blocker = self._blocking_client()
-        stream = self.keys.agent_commands(self.id)
-        last: str | None = None
-        block_ms = int(self.config.block_s * 1000)
-        while True:
-            try:
-                if last is None:
-                    last = await self._take_up_commands(stream)
-                res = await blocker.xread({stream: last}, count=10, block=block_ms)
-                for _, entries in cast(
-                    list[tuple[str, list[tuple[str, dict[str, str]]]]], res or []
-                ):
-                    for entry_id, fields in entries:
-                        await self._obey(
-                            fields["command"], fields["action"], fields.get("force") == "1"
-                        )
-                        last = entry_id
-            except (RedisError, OSError) as e:
-                reraise_if_cancelling(e)
-                log.warning(
-                    "%s: commands: redis trouble (%s: %s); retrying", self.id, type(e).__name__, e
-                )
-                await asyncio.sleep(1.0)
-
-    async def _take_up_commands(self, stream: str) -> str:
-        """At start-up: the newest entry of the command stream, to read on from, after
-        handling what a previous run of this agent left: commands still pending are
-        obeyed now; one acknowledged by a previous run that ended before finishing it
-        is closed (a restart did happen, the process started again; a stop did not
-        end in a stopped agent, so it failed)."""
-        newest = cast(list[Any], await self.redis.xrevrange(stream, "+", "-", count=1))
-        last = str(newest[0][0]) if newest else "0-0"
-        for doc in sorted(await self.commands.pending_for(self.id), key=lambda d: d["created_at"]):
-            cid = doc["id"]
-            if doc["status"] == "pending":
-                await self._obey(cid, doc["action"], doc["force"])
-            elif cid not in self._obeyed:  # acknowledged by a run of this agent now gone
-                if doc["action"] == "restart":
-                    await self._command_done(cid, "completed")
-                else:
-                    await self._command_done(
-                        cid, "failed", "the agent process ended before it stopped; it started again"
-                    )
-        return last
-
-    async def _obey(self, cid: str, action: str, force: bool) -> None:
-        if self._stopped.is_set():
-            return  # a stopped agent obeys nothing: a new process of this id will
-        status = await self.commands.update(cid, "acknowledged", agent_id=self.id)
-        if status == "refused:acknowledged" and cid not in self._obeyed:
-            pass  # our acknowledgement went through but its answer was lost: act now
-        elif status != "acknowledged":
-            return  # already handled, expired or not ours: do nothing
-        if cid in self._obeyed:
-            return
-        self._obeyed[cid] = None
-        while len(self._obeyed) > 1000:
-            self._obeyed.pop(next(iter(self._obeyed)))
-        self.log("info", f"command received: {action}", command_id=cid, action=action, force=force)
-        try:
-            if action == "restart":
-                await self._restart()
-            elif action == "stop":
-                await self.stop(force=force, command_id=cid)
-                return
-            else:
-                raise ValueError(f"unknown action {action!r}")
-        except Exception as e:
-            reraise_if_cancelling(e)
-            log.exception("%s: %s failed", self.id, action)
-            self.log(
-                "error",
-                f"command {action} failed ({type(e).__name__}: {e})",
-                command_id=cid,
-                action=action,
-                error_type=type(e).__name__,
-            )
-            self._accepting.set()  # a failed re-initialisation must not park the agent
-            self.status = "error"
-            await self._command_done(cid, "failed", f"{type(e).__name__}: {e}")
-            await self._publish_quiet()
-            return
-        await self._command_done(cid, "completed")
-
-    async def _command_done(self, cid: str, status: str, error: str = "") -> None:
-        """Record how a command ended, retrying through Redis trouble (for up to the
-        visibility timeout): an outcome that is not written leaves the command
-        acknowledged until the server's sweep fails it."""
-        try:
-            await self._report(
-                lambda: self._update_command(cid, status, error),
-            )
-        except (RedisError, OSError) as e:
-            reraise_if_cancelling(e)
-            log.warning("%s: could not record command %s as %s: %s", self.id, cid, status, e)
-
-    async def _update_command(self, cid: str, status: str, error: str) -> tuple[str, str]:
-        return "ok", await self.commands.update(cid, status, agent_id=self.id, error=error)
-
+    # -- what commands do ----------------------------------------------------------
     async def _publish_status(self, status: str) -> tuple[str, str]:
         await self.publish(status)
         return "ok", status
