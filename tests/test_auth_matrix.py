@@ -46,7 +46,8 @@ def operations() -> list[tuple[str, str, str]]:
 
 
 def sufficient(held: str, required: str) -> bool:
-    return held == "admin" or required == "any" or held == required
+    """An agent key reaches the agent gateway and nothing else, not even ``any``."""
+    return held == "admin" or (required == "any" and held != "agent") or held == required
 
 
 async def make_key(api: Api, scopes: list[str]) -> tuple[str, str]:
@@ -88,6 +89,17 @@ async def test_every_route_refuses_every_bad_credential(api: Api) -> None:
         key, _ = await make_key(api, [scope])
         assert (await api.post("/api/auth/token", headers=bearer(key))).status == 200
         scoped[scope] = key  # accepted once: its reads now run speculatively
+    r = await api.post(
+        "/api/auth/keys",
+        json={"name": "matrix agent", "scopes": ["agent"], "agent": {"ids": "*", "queues": ["*"]}},
+    )
+    assert r.status == 201, r.json
+    scoped["agent"] = r.json["key"]
+    r = await api.post(
+        "/api/auth/keys",
+        json={"name": "elsewhere", "scopes": ["agent"], "agent": {"ids": "x-*", "queues": ["*"]}},
+    )
+    other_agents = r.json["key"]  # may act only as agents x-*: never as probe-1
 
     refused = [
         Case("no credentials", {"Authorization": ""}, 401),
@@ -106,6 +118,8 @@ async def test_every_route_refuses_every_bad_credential(api: Api) -> None:
             for held, key in scoped.items()
             if not sufficient(held, required)
         ]
+        if "/agents/" + SAMPLE_ARG in path and required == "agent":
+            cases.append(Case("agent key bound to other ids", bearer(other_agents), 403))
         for case in cases:
             body = b"{}" if method in ("POST", "PUT", "PATCH") else None
             r = await api.fetch(

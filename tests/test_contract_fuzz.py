@@ -54,7 +54,8 @@ def serve(redis_url: str, data_dir: Path) -> Iterator[str]:
         "EZ_ANALYST": "false",
         "EZ_LOG_LEVEL": "WARNING",
         "EZ_ANALYTICS_WORKERS": "1",
-        **{f"EZ_RATE_{b}": UNLIMITED for b in ("READ", "WRITE", "CONTROL", "PUBLIC")},
+        "EZ_AGENT_MAX_WAIT": "0.2",  # a gateway take answers 204 quickly when nothing comes
+        **{f"EZ_RATE_{b}": UNLIMITED for b in ("READ", "WRITE", "CONTROL", "PUBLIC", "AGENT")},
     }
     log = (data_dir / "serve.log").open("wb")
     proc = subprocess.Popen(

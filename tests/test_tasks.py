@@ -300,3 +300,14 @@ async def test_a_to_before_from_selects_nothing(api: Api) -> None:
     r = await api.get("/api/tasks?from=now&to=now-1h")
     assert r.status == 200 and r.json == {"items": [], "next_cursor": None}
     assert len((await api.get("/api/tasks?from=now-1h")).json["items"]) == 1
+
+
+async def test_a_whole_number_written_with_a_point_is_an_integer(api: Api) -> None:
+    """JSON (and so the document's JSON Schema) has one number type: 3.0 is the integer
+    3 wherever an integer is asked for; 3.5 is not one."""
+    task = await create(api, priority=3.0, max_attempts=2.0)
+    assert (task["priority"], task["max_attempts"]) == (3, 2)
+    r = await api.post("/api/tasks", json={"type": "echo", "priority": 3.5})
+    assert r.status == 422 and r.json["errors"][0]["field"] == "priority", r.json
+    r = await api.post("/api/tasks", json={"type": "echo", "priority": "3"})
+    assert r.status == 422 and r.json["errors"][0]["field"] == "priority", r.json

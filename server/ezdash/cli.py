@@ -44,7 +44,11 @@ def parser() -> argparse.ArgumentParser:
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create a key and print it (shown once)")
     kc.add_argument("--name", required=True)
-    kc.add_argument("--scopes", required=True, help="comma-separated: read,write,control,admin")
+    kc.add_argument(
+        "--scopes", required=True, help="comma-separated: read,write,control,admin, or agent"
+    )
+    kc.add_argument("--agent-ids", help="an agent key: the agent ids it acts as, a glob ('ci-*')")
+    kc.add_argument("--queues", help="an agent key: comma-separated queues it takes from, or *")
     ksub.add_parser("list", help="list keys (never the keys themselves)")
     kr = ksub.add_parser("revoke", help="revoke a key by id, at once on every instance")
     kr.add_argument("id")

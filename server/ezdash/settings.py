@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     heartbeat_interval: Duration = 5.0
     heartbeat_timeout: Duration = 30.0
     visibility_timeout: Duration = 60.0
+    agent_max_wait: Duration = Field(
+        30.0,
+        gt=0,
+        le=30,
+        description="Longest a gateway take waits (an agent's wait_s above it is cut to it).",
+    )
     command_ttl: Duration = 60.0
     maintenance_interval: Duration = 1.0
     task_retention: Duration = 7 * 86400.0
@@ -147,6 +153,10 @@ class Settings(BaseSettings):
     rate_write: RateSpec = "300/1m"
     rate_control: RateSpec = "60/1m"
     rate_public: RateSpec = "600/1m"
+    rate_agent: RateSpec = Field(
+        "12000/1m",
+        description="Agent gateway calls per agent key (heartbeats, takes, batches of its agents).",
+    )
     cors_origins: CommaList = Field(default_factory=list)
     trust_proxy: Networks = Field(
         default=(), description="Proxies (addresses, networks) whose X-Forwarded-For is read."

@@ -104,13 +104,15 @@ def test_parts_exceeding_the_whole_are_refused_naming_the_part() -> None:
     assert problem["field"] == "reasoning_tokens"
     # Exactly equal is fine: a call served entirely from the cache.
     UsageEvent.model_validate(raw(input_tokens=900, cached_tokens=800, cache_creation_tokens=100))
+    # A whole number written with a point is that integer (JSON has one number type).
+    assert UsageEvent.model_validate(raw(output_tokens=700.0)).output_tokens == 700
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"input_tokens": -1}, "input_tokens"),
-        ({"output_tokens": 1.0}, "output_tokens"),
+        ({"output_tokens": 1.5}, "output_tokens"),  # 1.0 is the integer 1, as JSON says
         ({"cached_tokens": True}, "cached_tokens"),
         ({"reasoning_tokens": "5"}, "reasoning_tokens"),
         ({"input_tokens": 10**12}, "input_tokens"),

@@ -688,6 +688,142 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/agent/v1/agents/{agent_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Register or update this agent */
+        put: operations["putRegister"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/agents/{agent_id}/heartbeat": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Heartbeat: renews the lease of the task it names; answers its pending commands */
+        post: operations["postHeartbeat"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/agents/{agent_id}/take": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Take the next task of these queues, waiting up to wait_s for one */
+        post: operations["postTake"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/agents/{agent_id}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** This agent's usage events (agent_id stamped from the path); all or nothing */
+        post: operations["postAgentUsage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/agents/{agent_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** This agent's log entries (agent_id stamped from the path); all or nothing */
+        post: operations["postAgentLogs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/tasks/{task_id}/lease": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Renew the lease of a task this agent holds */
+        post: operations["postLease"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/tasks/{task_id}/finish": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Finish a task this agent holds: succeeded with a result, or failed */
+        post: operations["postFinish"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agent/v1/commands/{command_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Acknowledge a command, or report how it ended */
+        post: operations["postCommandReport"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -789,12 +925,103 @@ export interface components {
             /** Message */
             message: string;
         };
+        /**
+         * AgentHeartbeat
+         * @description Body of POST /api/agent/v1/agents/{id}/heartbeat.
+         */
+        AgentHeartbeat: {
+            /**
+             * Status
+             * @default null
+             */
+            status?: ("idle" | "busy" | "error" | "restarting" | "stopping" | "stopped") | null;
+            /**
+             * Current Task
+             * @default null
+             */
+            current_task?: string | null;
+            /**
+             * Tasks
+             * @description Leases to renew with this beat
+             */
+            tasks?: components["schemas"]["HeldTask"][];
+        };
+        /**
+         * AgentKeyBinding
+         * @description What an agent key may act as.
+         */
+        AgentKeyBinding: {
+            /**
+             * Ids
+             * @description Agent ids, a glob such as 'ci-*'.
+             */
+            ids: string;
+            /**
+             * Queues
+             * @description Queues it may take from; ['*'] for all.
+             */
+            queues: string[];
+        };
         /** AgentPage */
         AgentPage: {
             /** Items */
             items: components["schemas"]["Agent"][];
             /** Next Cursor */
             next_cursor: string | null;
+        };
+        /**
+         * AgentRegister
+         * @description Body of PUT /api/agent/v1/agents/{id}.
+         */
+        AgentRegister: {
+            /**
+             * Name
+             * @description Shown name; default the id
+             * @default
+             */
+            name?: string;
+            /**
+             * Kind
+             * @default agent
+             */
+            kind?: string;
+            /**
+             * Model
+             * @default null
+             */
+            model?: string | null;
+            /**
+             * Host
+             * @description Default the client address
+             * @default
+             */
+            host?: string;
+            /**
+             * Version
+             * @default
+             */
+            version?: string;
+            /**
+             * Queues
+             * @default [
+             *       "default"
+             *     ]
+             */
+            queues?: string[];
+            /** Tags */
+            tags?: {
+                [key: string]: string;
+            };
+            /**
+             * Concurrency
+             * @default 1
+             */
+            concurrency?: number;
+        };
+        /** AgentRegistered */
+        AgentRegistered: {
+            agent: components["schemas"]["Agent"];
+            settings: components["schemas"]["GatewaySettings"];
         };
         /** AgentStats */
         AgentStats: {
@@ -1032,6 +1259,8 @@ export interface components {
             revoked_at: string | null;
             /** Created By */
             created_by: string | null;
+            /** @default null */
+            agent?: components["schemas"]["AgentKeyBinding"] | null;
         };
         /** ApiKeyCreated */
         ApiKeyCreated: {
@@ -1049,6 +1278,8 @@ export interface components {
             revoked_at: string | null;
             /** Created By */
             created_by: string | null;
+            /** @default null */
+            agent?: components["schemas"]["AgentKeyBinding"] | null;
             /**
              * Key
              * @description The key itself; shown this once, stored only as a hash.
@@ -1151,6 +1382,19 @@ export interface components {
             items: components["schemas"]["Command"][];
             /** Next Cursor */
             next_cursor: string | null;
+        };
+        /** CommandReport */
+        CommandReport: {
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "acknowledged" | "completed" | "failed";
+            /**
+             * Error
+             * @default null
+             */
+            error?: string | null;
         };
         /** CostBurnRule */
         CostBurnRule: {
@@ -1273,6 +1517,25 @@ export interface components {
             /** Message */
             message: string;
         };
+        /** FinishError */
+        FinishError: {
+            /**
+             * Type
+             * @default Error
+             */
+            type?: string;
+            /**
+             * Message
+             * @default
+             */
+            message?: string;
+            /**
+             * Permanent
+             * @description Do not retry: the task fails for good
+             * @default false
+             */
+            permanent?: boolean;
+        };
         /** ForecastAnswer */
         ForecastAnswer: {
             /** Metric */
@@ -1301,6 +1564,122 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * GatewayLogEntry
+         * @description A log entry as an agent sends it to the gateway: ``agent_id`` may be left out.
+         */
+        GatewayLogEntry: {
+            /**
+             * Ts
+             * @description Unix seconds (or milliseconds, from 1e11), or a time as in queries (RFC 3339 with a zone, now-5m); default now; at most 5 minutes ahead
+             * @default null
+             */
+            ts?: number | (string | unknown | unknown | unknown) | null;
+            /**
+             * Agent Id
+             * @description Stamped from the path when absent; another agent's id refuses the batch.
+             * @default
+             */
+            agent_id?: string;
+            /**
+             * Task Id
+             * @default null
+             */
+            task_id?: string | null;
+            /**
+             * Level
+             * @default info
+             * @enum {string}
+             */
+            level?: "debug" | "info" | "warning" | "error" | "critical" | "warn" | "fatal" | "err";
+            /** Message */
+            message: string;
+            /**
+             * Fields
+             * @description At most 16 KiB as JSON
+             * @default null
+             */
+            fields?: {
+                [key: string]: unknown;
+            } | null;
+        };
+        /** GatewaySettings */
+        GatewaySettings: {
+            /** Heartbeat Interval S */
+            heartbeat_interval_s: number;
+            /** Visibility Timeout S */
+            visibility_timeout_s: number;
+        };
+        /**
+         * GatewayUsageEvent
+         * @description A usage event as an agent sends it to the gateway: ``agent_id`` may be left out.
+         */
+        GatewayUsageEvent: {
+            /**
+             * Ts
+             * @description RFC 3339 with a zone, or unix seconds
+             */
+            ts: string | number;
+            /**
+             * Agent Id
+             * @description Stamped from the path when absent; another agent's id refuses the batch.
+             * @default
+             */
+            agent_id?: string;
+            /**
+             * Task Id
+             * @default null
+             */
+            task_id?: string | null;
+            /** Model */
+            model: string;
+            /** Provider */
+            provider: string;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /**
+             * Cached Tokens
+             * @default 0
+             */
+            cached_tokens?: number;
+            /**
+             * Cache Creation Tokens
+             * @default 0
+             */
+            cache_creation_tokens?: number;
+            /**
+             * Reasoning Tokens
+             * @default 0
+             */
+            reasoning_tokens?: number;
+            /**
+             * Cost Usd
+             * @default null
+             */
+            cost_usd?: number | null;
+            /** Latency Ms */
+            latency_ms: number;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "ok" | "error";
+            /**
+             * Error Type
+             * @default null
+             */
+            error_type?: string | null;
+        } & ({
+            /** @constant */
+            status?: "ok";
+            error_type?: "" | null;
+        } | {
+            /** @constant */
+            status?: "error";
+            error_type: string;
+        });
         /** Health */
         Health: {
             /**
@@ -1311,6 +1690,26 @@ export interface components {
             redis: components["schemas"]["RedisHealth"];
             /** Version */
             version: string;
+        };
+        /** HeartbeatAnswer */
+        HeartbeatAnswer: {
+            /**
+             * Commands
+             * @description Its commands not yet completed, oldest first
+             */
+            commands: components["schemas"]["Command"][];
+            /**
+             * Lost
+             * @description Tasks named in 'tasks' whose lease was lost
+             */
+            lost: string[];
+        };
+        /** HeldTask */
+        HeldTask: {
+            /** Task Id */
+            task_id: string;
+            /** Token */
+            token: string;
         };
         /** HistoryAnswer */
         HistoryAnswer: {
@@ -1352,13 +1751,16 @@ export interface components {
         };
         /**
          * KeyCreate
-         * @description Body of POST /api/auth/keys.
+         * @description Body of POST /api/auth/keys.  An agent key has the scope ``agent`` alone and a
+         *     binding (``agent``); no other key has a binding.
          */
         KeyCreate: {
             /** Name */
             name: string;
             /** Scopes */
-            scopes: ("read" | "write" | "control" | "admin")[];
+            scopes: ("read" | "write" | "control" | "admin" | "agent")[];
+            /** @default null */
+            agent?: components["schemas"]["AgentKeyBinding"] | null;
         };
         /** KeyPage */
         KeyPage: {
@@ -1406,6 +1808,23 @@ export interface components {
             enabled?: boolean;
             /** @default null */
             webhook?: components["schemas"]["Webhook"] | null;
+        };
+        /** LeaseAnswer */
+        LeaseAnswer: {
+            /** Expires At */
+            expires_at: string;
+        };
+        /** LeaseInfo */
+        LeaseInfo: {
+            /** Token */
+            token: string;
+            /** Expires At */
+            expires_at: string;
+        };
+        /** LeaseRenew */
+        LeaseRenew: {
+            /** Token */
+            token: string;
         };
         /** Live */
         Live: {
@@ -1729,6 +2148,58 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        /** TakeRequest */
+        TakeRequest: {
+            /** Queues */
+            queues: string[];
+            /**
+             * Wait S
+             * @description How long to wait for a task
+             * @default 20
+             */
+            wait_s?: number;
+        };
+        /** TakenTask */
+        TakenTask: {
+            /** Id */
+            id: string;
+            /** Type */
+            type: string;
+            /** Queue */
+            queue: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "succeeded" | "failed" | "cancelled" | "dead";
+            /** Payload */
+            payload: {
+                [key: string]: unknown;
+            };
+            /** Priority */
+            priority: number;
+            /** Agent Id */
+            agent_id: string | null;
+            /** Attempts */
+            attempts: number;
+            /** Max Attempts */
+            max_attempts: number;
+            /** Created At */
+            created_at: string;
+            /** Started At */
+            started_at: string | null;
+            /** Finished At */
+            finished_at: string | null;
+            error: components["schemas"]["TaskError"] | null;
+            /**
+             * Result
+             * @default null
+             */
+            result?: unknown;
+            /** Attempt */
+            attempt: number;
+            lease: components["schemas"]["LeaseInfo"];
+        };
         /** Task */
         Task: {
             /** Id */
@@ -1812,12 +2283,33 @@ export interface components {
             /** Message */
             message: string;
         };
+        /** TaskFinish */
+        TaskFinish: {
+            /** Token */
+            token: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "succeeded" | "failed";
+            /**
+             * Result
+             * @default null
+             */
+            result?: unknown;
+            /** @default null */
+            error?: components["schemas"]["FinishError"] | null;
+        };
         /** TaskPage */
         TaskPage: {
             /** Items */
             items: components["schemas"]["Task"][];
             /** Next Cursor */
             next_cursor: string | null;
+        };
+        /** TaskTaken */
+        TaskTaken: {
+            task: components["schemas"]["TakenTask"];
         };
         /** TaskWithHistory */
         TaskWithHistory: {
@@ -6325,6 +6817,914 @@ export interface operations {
             };
             /** @description No such resource, or a cursor for no page */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    putRegister: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's own id. */
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AgentRegister"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentRegistered"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postHeartbeat: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's own id. */
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AgentHeartbeat"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HeartbeatAnswer"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not registered: PUT it again */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postTake: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's own id. */
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TakeRequest"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskTaken"];
+                };
+            };
+            /** @description Nothing arrived within wait_s */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postAgentUsage: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A repeat within 24 h (same principal, same body) returns the first result. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                /** @description The agent's own id. */
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GatewayUsageEvent"][] | {
+                    events: components["schemas"]["GatewayUsageEvent"][];
+                };
+            };
+        };
+        responses: {
+            /** @description Accepted */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many events */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postAgentLogs: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A repeat within 24 h (same principal, same body) returns the first result. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                /** @description The agent's own id. */
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GatewayLogEntry"][] | {
+                    entries: components["schemas"]["GatewayLogEntry"][];
+                };
+            };
+        };
+        responses: {
+            /** @description Accepted */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many entries */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postLease: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A task id (tsk_...). */
+                task_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LeaseRenew"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LeaseAnswer"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The lease was lost (reclaimed) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postFinish: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A task id (tsk_...). */
+                task_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TaskFinish"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskEnvelope"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The lease was lost: another holds it */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    postCommandReport: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A command id (cmd_...). */
+                command_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CommandReport"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CommandEnvelope"];
+                };
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unknown command */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not in a state that allows it */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not application/json */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -18,6 +18,7 @@ from . import (
     analytics,
     auth,
     control,
+    gateway,
     health,
     logs,
     metrics,
@@ -41,6 +42,7 @@ HANDLER_MODULES = (
     alerts,
     analytics,
     ops,
+    gateway,
 )
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..security.apikeys import AgentBinding
 from .base import APIHandler
 from .errors import Problem, not_found
 from .listing import entry_id, list_page
@@ -50,8 +51,11 @@ class KeysHandler(APIHandler):
 
     async def post(self) -> None:
         body = self.json_body(KeyCreate)
+        binding = (
+            None if body.agent is None else AgentBinding(body.agent.ids, tuple(body.agent.queues))
+        )
         key, doc = await self.services.api_keys.create(
-            body.name, [str(s) for s in body.scopes], created_by=self.principal.id
+            body.name, [str(s) for s in body.scopes], created_by=self.principal.id, agent=binding
         )
         self.audit_target = doc["id"]
         self.audit_detail = f"scopes={','.join(sorted(set(body.scopes)))}"

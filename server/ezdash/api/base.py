@@ -58,6 +58,9 @@ from .services import Services
 log = logging.getLogger("ezdash.api")
 M = TypeVar("M", bound=BaseModel)
 ALL_SCOPES = frozenset({"read", "write", "control", "admin"})
+"""What a JWT or the local principal may carry: never ``agent``, which needs a key's
+binding (agent ids, queues) and so only an agent key has."""
+AGENT_ONLY = frozenset({"agent"})
 EXPOSED_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, Location, Idempotent-Replayed"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key, Last-Event-ID"
 
@@ -305,7 +308,15 @@ class APIHandler(RequestHandler):
         self.write_error(problem.status_code, exc_info=(type(e), e, e.__traceback__))
 
     def _check_scope(self, required: str | None) -> None:
-        if required not in (None, "any") and not self.principal.allows(required):
+        if required is None:
+            return
+        if required == "any" and self.principal.scopes == AGENT_ONLY:
+            raise Problem(
+                403,
+                "an agent key reaches only the agent gateway (/api/agent/v1)",
+                type="forbidden",
+            )
+        if required != "any" and not self.principal.allows(required):
             raise Problem(
                 403,
                 f"this needs the {required!r} scope; the credentials have "

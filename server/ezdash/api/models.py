@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
-from ..metrics.events import UsageEvent
+from ..metrics.events import JsonInt, UsageEvent
+from ..security.apikeys import AGENT_GLOB, GRANTED_QUEUE
 from ..store.logs import ALIASES, LEVELS
 from ..timeutil import RELATIVE_TIME, UNIX_TIME
 
@@ -32,8 +34,8 @@ class TaskCreate(Strict):
     type: str = Field(pattern=TYPE_PATTERN, description="What the task is, e.g. 'summarize'.")
     payload: dict[str, Any] = Field(default_factory=dict, description="At most 64 KiB as JSON.")
     queue: str = Field("default", pattern=QUEUE_PATTERN)
-    priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent).")
-    max_attempts: int = Field(3, ge=1, le=100)
+    priority: JsonInt = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent).")
+    max_attempts: JsonInt = Field(3, ge=1, le=100)
 
 
 class TaskError(BaseModel):
@@ -187,11 +189,59 @@ class Live(BaseModel):
     status: Literal["ok"]
 
 
+class AgentKeyBinding(Strict):
+    """What an agent key may act as."""
+
+    ids: str = Field(pattern=AGENT_GLOB, description="Agent ids, a glob such as 'ci-*'.")
+    queues: list[Annotated[str, Field(pattern=GRANTED_QUEUE)]] = Field(
+        min_length=1, max_length=64, description="Queues it may take from; ['*'] for all."
+    )
+
+
+_AGENT_KEY_RULE: dict[str, Any] = {
+    "if": {"properties": {"scopes": {"contains": {"const": "agent"}}}, "required": ["scopes"]},
+    "then": {
+        "properties": {"scopes": {"maxItems": 1}, "agent": {"type": "object"}},
+        "required": ["agent"],
+    },
+    "else": {"properties": {"agent": {"type": "null"}}},
+}
+
+
 class KeyCreate(Strict):
-    """Body of POST /api/auth/keys."""
+    """Body of POST /api/auth/keys.  An agent key has the scope ``agent`` alone and a
+    binding (``agent``); no other key has a binding."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_AGENT_KEY_RULE)
 
     name: str = Field(min_length=1, max_length=128)
-    scopes: list[Literal["read", "write", "control", "admin"]] = Field(min_length=1, max_length=4)
+    scopes: list[Literal["read", "write", "control", "admin", "agent"]] = Field(
+        min_length=1, max_length=5
+    )
+    agent: AgentKeyBinding | None = Field(None, validate_default=True)
+
+    @field_validator("scopes")
+    @classmethod
+    def _agent_alone(cls, v: list[str]) -> list[str]:
+        if "agent" in v and len(v) != 1:
+            raise PydanticCustomError(
+                "agent_alone", "an agent key has the scope 'agent' and no other"
+            )
+        return v
+
+    @field_validator("agent")
+    @classmethod
+    def _bound(cls, v: AgentKeyBinding | None, info: ValidationInfo) -> AgentKeyBinding | None:
+        scopes = info.data.get("scopes")
+        if scopes is None:
+            return v  # refused already
+        if "agent" in scopes and v is None:
+            raise PydanticCustomError(
+                "agent_binding", "an agent key needs a binding: {ids, queues}"
+            )
+        if "agent" not in scopes and v is not None:
+            raise PydanticCustomError("agent_binding", "only a key with the scope 'agent' has one")
+        return v
 
 
 class ApiKey(BaseModel):
@@ -202,6 +252,7 @@ class ApiKey(BaseModel):
     last_used_at: Time | None
     revoked_at: Time | None
     created_by: str | None
+    agent: AgentKeyBinding | None = None
 
 
 class ApiKeyCreated(ApiKey):
@@ -294,7 +345,7 @@ class AlertRuleFields(Strict):
         description="error_rate, latency_p95: whole minutes or hours, 1m to 24h",
     )
     filters: AlertFilters = Field(default_factory=AlertFilters)
-    min_requests: int = Field(10, ge=1, le=1_000_000, description="error_rate only")
+    min_requests: JsonInt = Field(10, ge=1, le=1_000_000, description="error_rate only")
     enabled: bool = True
 
 
@@ -463,6 +514,120 @@ class LogEntryIn(BaseModel):
     fields: dict[str, Any] | None = Field(None, description="At most 16 KiB as JSON")
 
 
+# -- the agent gateway (/api/agent/v1) ---------------------------------------------------
+
+AGENT_FIELD = Field(
+    "",
+    pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+    description="Stamped from the path when absent; another agent's id refuses the batch.",
+)
+
+
+class GatewayUsageEvent(UsageEvent):
+    """A usage event as an agent sends it to the gateway: ``agent_id`` may be left out."""
+
+    agent_id: str = AGENT_FIELD
+
+
+class GatewayLogEntry(LogEntryIn):
+    """A log entry as an agent sends it to the gateway: ``agent_id`` may be left out."""
+
+    agent_id: str = AGENT_FIELD
+
+
+QueueName = Annotated[str, Field(pattern=QUEUE_PATTERN)]
+
+
+class AgentRegister(Strict):
+    """Body of PUT /api/agent/v1/agents/{id}."""
+
+    name: str = Field("", max_length=128, description="Shown name; default the id")
+    kind: str = Field("agent", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    model: str | None = Field(None, min_length=1, max_length=200)
+    host: str = Field("", max_length=255, description="Default the client address")
+    version: str = Field("", max_length=64)
+    queues: list[QueueName] = Field(["default"], min_length=1, max_length=64)
+    tags: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    concurrency: JsonInt = Field(1, ge=1, le=64)
+
+
+class HeldTask(Strict):
+    task_id: str = Field(min_length=1, max_length=64)
+    token: str = Field(min_length=1, max_length=1024)
+
+
+class AgentHeartbeat(Strict):
+    """Body of POST /api/agent/v1/agents/{id}/heartbeat."""
+
+    status: Literal["idle", "busy", "error", "restarting", "stopping", "stopped"] | None = None
+    current_task: str | None = Field(None, min_length=1, max_length=64)
+    tasks: list[HeldTask] = Field(
+        default_factory=list, max_length=64, description="Leases to renew with this beat"
+    )
+
+
+class TakeRequest(Strict):
+    queues: list[QueueName] = Field(min_length=1, max_length=64)
+    wait_s: float = Field(20.0, ge=0, le=30, description="How long to wait for a task")
+
+
+class LeaseRenew(Strict):
+    token: str = Field(min_length=1, max_length=1024)
+
+
+class FinishError(Strict):
+    type: str = Field("Error", min_length=1, max_length=200)
+    message: str = Field("", max_length=2000)
+    permanent: bool = Field(False, description="Do not retry: the task fails for good")
+
+
+class TaskFinish(Strict):
+    token: str = Field(min_length=1, max_length=1024)
+    status: Literal["succeeded", "failed"]
+    result: Any = None
+    error: FinishError | None = None
+
+
+class CommandReport(Strict):
+    status: Literal["acknowledged", "completed", "failed"]
+    error: str | None = Field(None, max_length=2000)
+
+
+class GatewaySettings(BaseModel):
+    heartbeat_interval_s: float
+    visibility_timeout_s: float
+
+
+class AgentRegistered(BaseModel):
+    agent: Agent
+    settings: GatewaySettings
+
+
+class HeartbeatAnswer(BaseModel):
+    commands: list[Command] = Field(description="Its commands not yet completed, oldest first")
+    lost: list[str] = Field(description="Tasks named in 'tasks' whose lease was lost")
+
+
+class LeaseInfo(BaseModel):
+    token: str
+    expires_at: Time
+
+
+class TakenTask(Task):
+    attempt: int
+    lease: LeaseInfo
+
+
+class TaskTaken(BaseModel):
+    task: TakenTask
+
+
+class LeaseAnswer(BaseModel):
+    expires_at: Time
+
+
 class MetricsStats(BaseModel):
     exec_ms: float
     buckets: int
@@ -608,6 +773,10 @@ class Problem(BaseModel):
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
     Live,
+    AgentRegistered,
+    HeartbeatAnswer,
+    TaskTaken,
+    LeaseAnswer,
     AlertRule,
     AlertRulesAnswer,
     Alert,
@@ -647,5 +816,19 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
 )
 
 
-INPUTS: tuple[type[BaseModel], ...] = (TaskCreate, KeyCreate, AlertRules, LogEntryIn, UsageEvent)
+INPUTS: tuple[type[BaseModel], ...] = (
+    TaskCreate,
+    KeyCreate,
+    AlertRules,
+    LogEntryIn,
+    UsageEvent,
+    GatewayUsageEvent,
+    GatewayLogEntry,
+    AgentRegister,
+    AgentHeartbeat,
+    TakeRequest,
+    LeaseRenew,
+    TaskFinish,
+    CommandReport,
+)
 """Request bodies, documented as they are validated (``SCHEMAS`` as they are sent)."""

@@ -37,6 +37,7 @@ from ..store.connect import make_redis
 from ..store.logs import LogStore, LogTail
 from ..store.scripts import Scripts, source
 from ..store.tasks import TaskStore
+from ..store.wakeups import QueueWaker
 from .stats import RequestStats
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class Services:
     analytics: Analytics
     logs: LogStore
     log_tail: LogTail
+    waker: QueueWaker
+    """Wakes the gateway's long-polling agents (one blocking read per instance)."""
     redis_watch: RedisWatch
     open_limiter: LocalLimiter
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
@@ -158,12 +161,14 @@ class Services:
                 retention_ms=int(settings.log_retention * 1000),
             ),
             log_tail=LogTail(redis_url, keys),
+            waker=QueueWaker(redis),
             redis_watch=watch,
             open_limiter=LocalLimiter(limits["public"]),
         )
 
     def __post_init__(self) -> None:
         self.log_tail.on_trouble = self.redis_watch.trouble
+        self.waker.on_trouble = self.redis_watch.trouble
 
     async def redis_now_ms(self) -> int:
         sec, usec = await self.redis.time()
@@ -230,6 +235,7 @@ class Services:
         if self.hub is not None:
             await self.hub.close()
         await self.log_tail.close()
+        await self.waker.close()
         await self.metrics.raw.aclose()
         await asyncio.to_thread(self.pool.close)
         await self.redis.aclose()

@@ -100,7 +100,17 @@ def _latency(value: Any) -> float:
     return float(_finite(value, "milliseconds"))
 
 
-Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+def _whole(v: Any) -> Any:
+    """JSON has one kind of number: 44.0 is the integer 44, as JSON Schema (and so the
+    API document) says; 44.5 stays a float and is refused."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_whole)]
+"""An integer of a strict model, as JSON means it (see ``_whole``)."""
+Tokens = Annotated[JsonInt, Field(ge=0, le=MAX_TOKENS)]
 # What agents send, for the OpenAPI document (the Python types are what they become).
 _TS_SCHEMA = WithJsonSchema(
     {

@@ -8,9 +8,12 @@ every instance reads on every request, so it takes effect at once everywhere.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
+import re
 import secrets
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -20,7 +23,49 @@ from ..keys import Keys
 from ..timeutil import format_ms, now_ms
 
 PREFIX = "ezk_"
-SCOPES = ("read", "write", "control", "admin")
+SCOPES = ("read", "write", "control", "admin", "agent")
+"""``agent`` keys reach only the agent gateway, bound to agent ids and queues."""
+
+
+AGENT_GLOB = r"^[A-Za-z0-9._:*?-]{1,128}$"
+"""Agent ids a key may act as: an id, or a glob of ``*`` and ``?`` (``ci-*``)."""
+GRANTED_QUEUE = r"^(\*|[A-Za-z0-9._-]{1,64})$"
+"""A queue an agent key may take from, or ``*`` for every queue."""
+
+
+@dataclass(frozen=True)
+class AgentBinding:
+    """What an agent key may act as: agent ids matching the glob ``ids``, taking from
+    ``queues`` (``*`` for every queue).  A key's binding never changes (a key is
+    revoked and another made), so instances may cache it for the key's life."""
+
+    ids: str
+    queues: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, ids: str, queues: list[str]) -> AgentBinding:
+        """From the CLI's text (the API validates the same patterns in its model)."""
+        if not re.match(AGENT_GLOB, ids):
+            raise ValueError(f"agent ids {ids!r}: 1-128 of A-Z a-z 0-9 . _ : - * ?")
+        bad = [q for q in queues if not re.match(GRANTED_QUEUE, q)]
+        if not queues or bad:
+            raise ValueError(f"queues: 1-64 characters of A-Z a-z 0-9 . _ - each, or *: {bad}")
+        return cls(ids, tuple(queues))
+
+    def allows_id(self, agent_id: str) -> bool:
+        return fnmatch.fnmatchcase(agent_id, self.ids)
+
+    def allows_queue(self, queue: str) -> bool:
+        return "*" in self.queues or queue in self.queues
+
+    def doc(self) -> dict[str, Any]:
+        return {"ids": self.ids, "queues": list(self.queues)}
+
+
+def binding_of(h: dict[str, str]) -> AgentBinding | None:
+    if not h.get("agent_ids"):
+        return None
+    return AgentBinding(h["agent_ids"], tuple(q for q in h.get("agent_queues", "").split(",") if q))
 
 
 def digest(secret: bytes, key: str) -> str:
@@ -42,6 +87,7 @@ def key_doc(h: dict[str, str]) -> dict[str, Any]:
         "last_used_at": format_ms(int(h["last_used_at"])) if h.get("last_used_at") else None,
         "revoked_at": format_ms(int(h["revoked_at"])) if h.get("revoked_at") else None,
         "created_by": h.get("created_by") or None,
+        "agent": b.doc() if (b := binding_of(h)) is not None else None,
     }
 
 
@@ -50,6 +96,7 @@ class KeyStore:
         self.redis = redis
         self.keys = keys
         self.secret = secret
+        self._bindings: dict[str, AgentBinding | None] = {}
 
     async def create(
         self,
@@ -59,8 +106,14 @@ class KeyStore:
         created_by: str = "",
         key: str | None = None,
         key_id: str | None = None,
+        agent: AgentBinding | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """Returns (the key, its record).  ``key`` is given only for EZ_ADMIN_KEY."""
+        """Returns (the key, its record).  ``key`` is given only for EZ_ADMIN_KEY;
+        ``agent`` binds an ``agent``-scoped key (and only such a key has one)."""
+        if (agent is not None) != ("agent" in scopes) or (
+            "agent" in scopes and len(set(scopes)) > 1
+        ):
+            raise ValueError("an agent key has the scope 'agent' alone, and a binding")
         key = key or PREFIX + secrets.token_urlsafe(32)
         kid = key_id or new_id("key")
         d = digest(self.secret, key)
@@ -72,6 +125,9 @@ class KeyStore:
             "digest": d,
             "created_by": created_by,
         }
+        if agent is not None:
+            record["agent_ids"] = agent.ids
+            record["agent_queues"] = ",".join(agent.queues)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.api_key(kid), mapping=record)
             pipe.hset(self.keys.api_key_digests, d, kid)
@@ -97,6 +153,20 @@ class KeyStore:
         if not h or h.get("revoked_at") or not hmac.compare_digest(h["digest"], presented):
             return None
         return key_doc(h)
+
+    async def binding(self, kid: str) -> AgentBinding | None:
+        """The agent binding of key ``kid`` (None: not an agent key).  Cached: a binding
+        never changes, and revocation is checked on every request anyway."""
+        if kid not in self._bindings:
+            h = cast(
+                list[str | None],
+                await self.redis.hmget(self.keys.api_key(kid), ["agent_ids", "agent_queues"]),
+            )
+            found = {"agent_ids": h[0] or "", "agent_queues": h[1] or ""}
+            while len(self._bindings) >= 10_000:
+                self._bindings.pop(next(iter(self._bindings)))
+            self._bindings[kid] = binding_of(found)
+        return self._bindings[kid]
 
     async def live(self, kid: str) -> dict[str, Any] | None:
         """The record of key ``kid`` while it is not revoked (sessions re-check it)."""

@@ -37,6 +37,7 @@ SCOPE_BUDGET = {
     "control": "control",
     "admin": "control",
     "any": "read",
+    "agent": "agent",
     None: "public",
 }
 
@@ -56,6 +57,7 @@ def budgets(settings: Settings) -> dict[str, Budget]:
         ("write", settings.rate_write),
         ("control", settings.rate_control),
         ("public", settings.rate_public),
+        ("agent", settings.rate_agent),
     ):
         limit, period = parse_rate(spec)
         out[name] = Budget(name, limit, period)

@@ -123,6 +123,24 @@ class AgentStore:
             return None
         return agent_view(raw, hb, sec * 1000 + usec // 1000, self.timeout)
 
+    async def document(self, agent_id: str) -> dict[str, Any] | None:
+        """The document as its agent wrote it (no derived status, no heartbeat)."""
+        raw = await self.redis.hget(self.keys.agents, agent_id)
+        if raw is None:
+            return None
+        doc: dict[str, Any] = orjson.loads(raw)  # as stored: times in ms, not formatted
+        return doc
+
+    async def put(self, scripts: Scripts, doc: dict[str, Any], events_maxlen: int) -> int:
+        """Write an agent's document for it (the gateway's agents), as the runtime does
+        for itself: ``agent_put``, which also counts as a heartbeat."""
+        res = await scripts.run(
+            "agent_put",
+            [self.keys.agents],
+            [self.keys.base, doc["id"], orjson.dumps(doc).decode(), events_maxlen],
+        )
+        return int(res)
+
     async def detail_extras(self, agent_id: str, now_ms: int) -> dict[str, Any]:
         """Task counts of the last hour and the newest errors of one agent."""
         minute = now_ms // 60000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -60,6 +60,18 @@ def check_transition(task_id: str, status: str, action: str) -> None:
             f"task {task_id!r} is {status}; only {', '.join(allowed)} tasks can {action}",
             status,
         )
+
+
+class Held(Protocol):
+    """An attempt an agent holds: a ``Delivery`` in the runtime, a ``Lease`` on the
+    gateway.  Finishing and renewing need only these."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def entry(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +406,7 @@ class TaskStore:
 
     async def finish(
         self,
-        d: Delivery,
+        d: Held,
         agent_id: str,
         *,
         result: Any = None,
@@ -424,13 +436,13 @@ class TaskStore:
         )
         return res[0], res[1] if len(res) > 1 else ""
 
-    async def lease(self, d: Delivery, agent_id: str) -> bool:
+    async def lease(self, d: Held, agent_id: str) -> bool:
         res = await self.scripts.run(
             "task_lease", [self.keys.task(d.id)], [self.keys.base, d.id, agent_id, d.attempt]
         )
         return bool(res[0] == "ok")
 
-    async def abandon(self, d: Delivery, agent_id: str) -> str:
+    async def abandon(self, d: Held, agent_id: str) -> str:
         """Give a running task back to its queue (forced stop); not counted as an attempt."""
         res = await self.scripts.run(
             "task_requeue",

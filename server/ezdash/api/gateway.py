@@ -1,0 +1,435 @@
+"""The agent gateway (``/api/agent/v1``): agents on any host, in any language.
+
+An agent holding an agent key (scope ``agent``, bound to an id glob and to queues)
+registers, heartbeats, long-polls for tasks, renews and finishes its leases,
+acknowledges its commands and reports usage and logs, all over HTTP, with no Redis
+credentials.  Every state change runs the same Lua script as for an agent on Redis,
+so delivery is the same: at least once, reclaimed after the visibility timeout,
+fenced by attempt.
+
+The binding is enforced in one place, ``GatewayHandler.prepare``, before any
+handler runs: the agent id in the path must match the key's glob, and every queue
+taken from, lease presented or command answered is checked against it there or in
+the one helper each kind of id goes through (``held``, ``own_command``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from tornado.iostream import StreamClosedError
+
+from ..security.apikeys import AgentBinding
+from ..store.leases import Lease, lease_token, read_token
+from ..store.tasks import Delivery
+from ..timeutil import format_ms
+from .base import APIHandler
+from .errors import Problem, invalid, not_found
+from .logs import IngestLogsHandler
+from .metrics import IngestUsageHandler
+from .models import (
+    AgentHeartbeat,
+    AgentRegister,
+    CommandReport,
+    GatewayLogEntry,
+    GatewayUsageEvent,
+    LeaseRenew,
+    TakeRequest,
+    TaskFinish,
+)
+from .opdocs import Body, Op, batch, ok, problem
+from .params import AGENT_PATH, COMMAND_PATH, IDEMPOTENCY_KEY, TASK_PATH
+
+PREFIX = "/api/agent/v1"
+NOT_BOUND = "forbidden"
+
+
+class GatewayHandler(APIHandler):
+    """Base of every gateway endpoint: scope ``agent`` and the key's binding.
+
+    ``binding`` is None for an admin (it may act as any agent, on any queue); any
+    other principal reaching here holds an agent key, whose binding is loaded once
+    per key and process (it never changes)."""
+
+    binding: AgentBinding | None = None
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self._finished or (self.request.method or "") == "OPTIONS":
+            return
+        p = self.principal
+        if "admin" in p.scopes:
+            self.binding = None
+        else:
+            binding = None
+            if p.kind == "key":
+                binding = await self.services.api_keys.binding(p.id.removeprefix("key:"))
+            if binding is None:
+                raise Problem(403, "the agent gateway needs an agent key", type=NOT_BOUND)
+            self.binding = binding
+        names = [spec.name for spec in self.path]
+        for name, value in zip(names, self.path_args, strict=False):
+            if name == "agent_id":
+                self.check_agent(value)
+
+    def check_agent(self, agent_id: str) -> None:
+        if self.binding is not None and not self.binding.allows_id(agent_id):
+            raise Problem(
+                403,
+                f"this key acts only as agents matching {self.binding.ids!r}, not {agent_id!r}",
+                type=NOT_BOUND,
+            )
+
+    def check_queues(self, queues: list[str], field: str) -> None:
+        for i, q in enumerate(queues):
+            if self.binding is not None and not self.binding.allows_queue(q):
+                raise Problem(
+                    403,
+                    f"this key may not take from queue {q!r}",
+                    type=NOT_BOUND,
+                    errors=[{"field": f"{field}.{i}", "message": "queue not granted"}],
+                )
+
+    def held(self, task_id: str, token: str) -> Lease:
+        """The lease a token stands for, checked: signed here, for this task, by an agent
+        this key may act as.  Whether it is still current the task scripts decide."""
+        lease = read_token(self.services.secrets.key_secret, token)
+        if lease is None or lease.id != task_id:
+            raise invalid("token", "not a lease token of this task")
+        self.check_agent(lease.agent_id)
+        return lease
+
+
+def _settings_doc(svc: Any) -> dict[str, float]:
+    s = svc.settings
+    return {
+        "heartbeat_interval_s": s.heartbeat_interval,
+        "visibility_timeout_s": s.visibility_timeout,
+    }
+
+
+class RegisterHandler(GatewayHandler):
+    """Register or update an agent's document (the agent is its only writer)."""
+
+    scopes = {"PUT": "agent"}
+    path = (AGENT_PATH,)
+    actions = {"PUT": "agent.register"}
+    docs = {
+        "PUT": Op(
+            "Register or update this agent",
+            {"200": ok("AgentRegistered"), "403": problem("Not an id or queue of this key")},
+            body=Body(AgentRegister),
+        )
+    }
+
+    async def put(self, agent_id: str) -> None:
+        body = self.json_body(AgentRegister)
+        self.check_queues(body.queues, "queues")
+        svc = self.services
+        old = await svc.agents.document(agent_id)
+        now = await svc.redis_now_ms()
+        doc = {
+            "id": agent_id,
+            "name": body.name or agent_id,
+            "kind": body.kind,
+            "status": (old or {}).get("status", "idle") if old else "idle",
+            "model": body.model,
+            "host": body.host or self.client_ip,
+            "pid": None,
+            "version": body.version,
+            "current_task": (old or {}).get("current_task"),
+            "started_at": (old or {}).get("started_at") or now,
+            "restarts": (old or {}).get("restarts", 0),
+            "tags": body.tags,
+            "queues": body.queues,
+            "concurrency": body.concurrency,
+            "transport": "http",
+        }
+        if doc["status"] in ("stopped", "unresponsive"):
+            doc["status"] = "idle"  # a registering agent is running again
+        await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
+        self.audit_target = agent_id
+        self.write_json({"agent": await svc.agents.get(agent_id), "settings": _settings_doc(svc)})
+
+
+class HeartbeatHandler(GatewayHandler):
+    scopes = {"POST": "agent"}
+    path = (AGENT_PATH,)
+    docs = {
+        "POST": Op(
+            "Heartbeat: renews the lease of the task it names; answers its pending commands",
+            {"200": ok("HeartbeatAnswer"), "404": problem("Not registered: PUT it again")},
+            body=Body(AgentHeartbeat),
+        )
+    }
+
+    async def post(self, agent_id: str) -> None:
+        body = self.json_body(AgentHeartbeat)
+        svc = self.services
+        if not await svc.scripts.run(
+            "agent_heartbeat", [svc.keys.heartbeats], [svc.keys.base, agent_id]
+        ):
+            raise Problem(
+                404, f"agent {agent_id!r} is not registered: register it again", type="not-found"
+            )
+        doc = await svc.agents.document(agent_id)
+        if doc is not None and (
+            (body.status is not None and doc.get("status") != body.status)
+            or doc.get("current_task") != body.current_task
+        ):
+            doc["status"] = body.status or doc.get("status")
+            doc["current_task"] = body.current_task
+            await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
+        lost: list[str] = []
+        for tid in body.tasks:
+            lease = self.held(tid.task_id, tid.token)
+            if lease.agent_id != agent_id or not await svc.tasks.lease(lease, agent_id):
+                lost.append(tid.task_id)
+        self.write_json({"commands": await svc.commands.pending_for(agent_id), "lost": lost})
+
+
+class TakeHandler(GatewayHandler):
+    """Long poll for the next task.  Waiting holds no Redis connection (one reader per
+    instance wakes the waiters, ``store.wakeups``); a task taken for a client that
+    has gone is given back at once, not left to the visibility timeout."""
+
+    scopes = {"POST": "agent"}
+    path = (AGENT_PATH,)
+    docs = {
+        "POST": Op(
+            "Take the next task of these queues, waiting up to wait_s for one",
+            {
+                "200": ok("TaskTaken"),
+                "204": {"description": "Nothing arrived within wait_s"},
+                "403": problem("A queue this key was not granted"),
+            },
+            body=Body(TakeRequest),
+        )
+    }
+
+    def initialize(self) -> None:
+        super().initialize()
+        self._gone = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self._gone.set()
+
+    async def post(self, agent_id: str) -> None:
+        body = self.json_body(TakeRequest)
+        self.check_queues(body.queues, "queues")
+        svc = self.services
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(body.wait_s, svc.settings.agent_max_wait)
+        while not self._gone.is_set():
+            got = await svc.tasks.take(agent_id, body.queues)
+            if isinstance(got, Delivery):
+                await self._deliver(agent_id, got)
+                return
+            if got and not await self._woken(got, deadline - loop.time()):
+                break
+        if not self._gone.is_set():
+            self.set_status(204)
+            self.finish()
+
+    async def _woken(self, positions: list[tuple[str, str]], timeout_s: float) -> bool:
+        """A wake-up for these streams, unless the client goes first (then nothing is
+        taken for it) or the time runs out."""
+        wake = asyncio.ensure_future(self.services.waker.wait(positions, timeout_s))
+        gone = asyncio.ensure_future(self._gone.wait())
+        try:
+            await asyncio.wait((wake, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not wake.done():
+                wake.cancel()
+        return wake.done() and not wake.cancelled() and wake.result()
+
+    async def _deliver(self, agent_id: str, d: Delivery) -> None:
+        svc = self.services
+        lease = Lease(agent_id, d.id, d.attempt, d.entry)
+        task = await svc.tasks.get(d.id)
+        now = await svc.redis_now_ms()
+        answer = {
+            "task": {
+                **(task or {}),
+                "attempt": d.attempt,
+                "lease": {
+                    "token": lease_token(svc.secrets.key_secret, lease),
+                    "expires_at": format_ms(now + int(svc.settings.visibility_timeout * 1000)),
+                },
+            }
+        }
+        if self._gone.is_set():
+            await svc.tasks.abandon(lease, agent_id)
+            return
+        try:
+            await self.finish(orjson.dumps(answer))
+        except StreamClosedError:
+            await svc.tasks.abandon(lease, agent_id)
+
+
+class LeaseHandler(GatewayHandler):
+    scopes = {"POST": "agent"}
+    path = (TASK_PATH,)
+    docs = {
+        "POST": Op(
+            "Renew the lease of a task this agent holds",
+            {"200": ok("LeaseAnswer"), "409": problem("The lease was lost (reclaimed)")},
+            body=Body(LeaseRenew),
+        )
+    }
+
+    async def post(self, task_id: str) -> None:
+        body = self.json_body(LeaseRenew)
+        lease = self.held(task_id, body.token)
+        svc = self.services
+        if not await svc.tasks.lease(lease, lease.agent_id):
+            raise Problem(409, f"the lease of {task_id} was lost", type="lease-lost")
+        now = await svc.redis_now_ms()
+        expires = now + int(svc.settings.visibility_timeout * 1000)
+        self.write_json({"expires_at": format_ms(expires)})
+
+
+class FinishHandler(GatewayHandler):
+    scopes = {"POST": "agent"}
+    path = (TASK_PATH,)
+    actions = {"POST": "agent.finish"}
+    docs = {
+        "POST": Op(
+            "Finish a task this agent holds: succeeded with a result, or failed",
+            {"200": ok("TaskEnvelope"), "409": problem("The lease was lost: another holds it")},
+            body=Body(TaskFinish),
+        )
+    }
+
+    async def post(self, task_id: str) -> None:
+        body = self.json_body(TaskFinish)
+        lease = self.held(task_id, body.token)
+        svc = self.services
+        error = None
+        if body.status == "failed":
+            err = body.error
+            error = (err.type, err.message) if err is not None else ("Error", "")
+        outcome, status = await svc.tasks.finish(
+            lease,
+            lease.agent_id,
+            result=body.result,
+            error=error,
+            retryable=not (body.error is not None and body.error.permanent),
+        )
+        if outcome != "ok":
+            raise Problem(
+                409, f"the lease of {task_id} was lost (it is {status})", type="lease-lost"
+            )
+        self.audit_target = task_id
+        self.write_json({"task": await svc.tasks.get(task_id)})
+
+
+class CommandReportHandler(GatewayHandler):
+    scopes = {"POST": "agent"}
+    path = (COMMAND_PATH,)
+    actions = {"POST": "agent.command"}
+    docs = {
+        "POST": Op(
+            "Acknowledge a command, or report how it ended",
+            {
+                "200": ok("CommandEnvelope"),
+                "404": problem("Unknown command"),
+                "409": problem("Not in a state that allows it"),
+            },
+            body=Body(CommandReport),
+        )
+    }
+
+    async def post(self, command_id: str) -> None:
+        body = self.json_body(CommandReport)
+        svc = self.services
+        cmd = await svc.commands.get(command_id)
+        if cmd is None:
+            raise not_found("command", command_id)
+        self.check_agent(cmd["agent_id"])
+        status = await svc.commands.update(
+            command_id, body.status, agent_id=cmd["agent_id"], error=body.error or ""
+        )
+        if status != body.status:
+            raise Problem(
+                409, f"command {command_id} is {status.removeprefix('refused:')}", type="conflict"
+            )
+        self.audit_target = command_id
+        self.write_json({"command": await svc.commands.get(command_id)})
+
+
+def _stamped(handler: GatewayHandler, items: list[Any], name: str, agent_id: str) -> list[Any]:
+    """Items of an agent's batch carry its id: stamped where absent; naming another
+    agent refuses the batch (all or nothing, like the ingest endpoints)."""
+    bad = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            given = item.get("agent_id", agent_id)
+            if given != agent_id:
+                bad.append(
+                    {
+                        "index": i,
+                        "errors": [{"field": "agent_id", "message": f"must be {agent_id!r}"}],
+                    }
+                )
+            item["agent_id"] = agent_id
+    if bad:
+        raise handler.refuse_batch(name, len(items), bad)
+    return items
+
+
+class AgentBatchHandler(GatewayHandler):
+    """An agent's own usage or log batch: the ingest endpoint's handling (all or
+    nothing, Idempotency-Key), each item stamped with the agent id of the path."""
+
+    scopes = {"POST": "agent"}
+    path = (AGENT_PATH,)
+    headers_in = {"POST": (IDEMPOTENCY_KEY,)}
+
+    def batch_items(self, name: str) -> list[Any]:
+        return _stamped(self, super().batch_items(name), name, self.path_args[0])
+
+
+class AgentUsageHandler(AgentBatchHandler, IngestUsageHandler):
+    actions = {"POST": "agent.usage"}
+    docs = {
+        "POST": Op(
+            "This agent's usage events (agent_id stamped from the path); all or nothing",
+            {"202": ok("Accepted", "Accepted"), "413": problem("Too many events")},
+            body=batch(GatewayUsageEvent, "events"),
+        )
+    }
+
+    async def post(self, agent_id: str) -> None:  # type: ignore[override]
+        await IngestUsageHandler.post(self)
+
+
+class AgentLogsHandler(AgentBatchHandler, IngestLogsHandler):
+    actions = {"POST": "agent.logs"}
+    docs = {
+        "POST": Op(
+            "This agent's log entries (agent_id stamped from the path); all or nothing",
+            {"202": ok("Accepted", "Accepted"), "413": problem("Too many entries")},
+            body=batch(GatewayLogEntry, "entries"),
+        )
+    }
+
+    async def post(self, agent_id: str) -> None:  # type: ignore[override]
+        await IngestLogsHandler.post(self)
+
+
+_AGENT = r"([^/]+)"
+_ID = r"([^/]+)"
+default_handlers = [
+    (rf"{PREFIX}/agents/{_AGENT}", RegisterHandler),
+    (rf"{PREFIX}/agents/{_AGENT}/heartbeat", HeartbeatHandler),
+    (rf"{PREFIX}/agents/{_AGENT}/take", TakeHandler),
+    (rf"{PREFIX}/agents/{_AGENT}/usage", AgentUsageHandler),
+    (rf"{PREFIX}/agents/{_AGENT}/logs", AgentLogsHandler),
+    (rf"{PREFIX}/tasks/{_ID}/lease", LeaseHandler),
+    (rf"{PREFIX}/tasks/{_ID}/finish", FinishHandler),
+    (rf"{PREFIX}/commands/{_ID}", CommandReportHandler),
+]
