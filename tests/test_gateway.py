@@ -240,6 +240,7 @@ async def test_commands_reach_an_http_agent_and_its_reports_count(api: Api) -> N
         assert r.status == 200 and r.json["command"]["status"] == status, r.json
     r = await api.post(f"{V1}/commands/{cid}", json={"status": "failed"}, headers=bearer(key))
     assert r.status == 409, r.json
+    assert (await api.get("/api/agents/ci-1")).json["restarts"] == 1  # counted by the server
     outsider = await agent_key(api, ids="zz-*")
     r = await api.post(f"{V1}/commands/{cid}", json={"status": "failed"}, headers=bearer(outsider))
     assert r.status == 403, r.json

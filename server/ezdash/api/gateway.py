@@ -357,8 +357,20 @@ class CommandReportHandler(GatewayHandler):
             raise Problem(
                 409, f"command {command_id} is {status.removeprefix('refused:')}", type="conflict"
             )
+        if cmd.get("action") == "restart" and status == "completed":
+            await self._count_restart(cmd["agent_id"])
         self.audit_target = command_id
         self.write_json({"command": await svc.commands.get(command_id)})
+
+    async def _count_restart(self, agent_id: str) -> None:
+        """The server writes an HTTP agent's document, so it counts its restarts (as the
+        Redis runtime counts its own): a completed restart, started again now."""
+        svc = self.services
+        doc = await svc.agents.document(agent_id)
+        if doc is not None:
+            doc["restarts"] = int(doc.get("restarts") or 0) + 1
+            doc["started_at"] = await svc.redis_now_ms()
+            await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
 
 
 def _stamped(handler: GatewayHandler, items: list[Any], name: str, agent_id: str) -> list[Any]:
