@@ -8,6 +8,8 @@ RUN_STAMP  := $(VENV)/.run-installed
 DEV_STAMP  := $(VENV)/.dev-installed
 TS_CLIENT  := clients/typescript
 NODE_STAMP := $(TS_CLIENT)/node_modules/.installed
+NODE_AGENT := examples/node-agent
+AGENT_STAMP := $(NODE_AGENT)/node_modules/.installed
 
 .PHONY: run test lint typecheck pytest soak bench ts-client clean help
 
@@ -47,7 +49,13 @@ $(NODE_STAMP): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
 	  npm ci --prefix $(TS_CLIENT) --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: the TypeScript client test will be skipped"; fi
 
-pytest: $(DEV_STAMP) $(NODE_STAMP)
+# The reference agent in TypeScript (tests/test_node_agent.py builds and runs it).
+$(AGENT_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(NODE_AGENT) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the node agent test will be skipped"; fi
+
+pytest: $(DEV_STAMP) $(NODE_STAMP) $(AGENT_STAMP)
 	$(BIN)/pytest
 
 # Regenerate the client's types from the current OpenAPI document (commit the result).
@@ -65,4 +73,5 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist \
+	  $(NODE_AGENT)/node_modules $(NODE_AGENT)/dist
