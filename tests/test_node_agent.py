@@ -188,3 +188,66 @@ async def test_the_node_agent_works_tasks_reports_usage_and_obeys_commands(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
+    api: Api, built: Path, tmp_path: Path
+) -> None:
+    """SIGKILL an HTTP agent mid-task: nothing tells the server, its lease lapses, the
+    task is reclaimed after the visibility timeout and finished once, by the other."""
+    r = await api.post(
+        "/api/auth/keys",
+        json={
+            "name": "node agents",
+            "scopes": ["agent"],
+            "agent": {"ids": "node-*", "queues": [QUEUE]},
+        },
+    )
+    key = r.json["key"]
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(agent_id: str, delay_ms: int) -> asyncio.subprocess.Process:
+        env = {
+            **os.environ,
+            "EZ_URL": api.base,
+            "EZ_AGENT_KEY": key,
+            "EZ_AGENT_ID": agent_id,
+            "EZ_QUEUES": QUEUE,
+            "EZ_DEMO_DELAY_MS": str(delay_ms),
+        }
+        sink = (tmp_path / f"{agent_id}.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        doomed = await start("node-doomed", 120_000)
+        r = await api.post("/api/tasks", json={"type": "summarize", "queue": QUEUE})
+        tid = r.json["task"]["id"]
+
+        async def held() -> bool:
+            t = (await api.get(f"/api/tasks/{tid}")).json
+            return bool(t["status"] == "running" and t["agent_id"] == "node-doomed")
+
+        await wait_for(held, 15, what="the first agent to take the task")
+        doomed.kill()
+        await doomed.wait()
+        await start("node-heir", 50)
+
+        async def finished() -> dict[str, Any] | None:
+            t: dict[str, Any] = (await api.get(f"/api/tasks/{tid}")).json
+            return t if t["status"] == "succeeded" else None
+
+        task = await wait_for(finished, 30, what="the task to be reclaimed and finished")
+        assert task["agent_id"] == "node-heir" and task["attempts"] == 2, task
+        history = [(h["agent_id"], h["status"]) for h in task["history"]]
+        assert history[0][0] == "node-doomed" and history[0][1] != "succeeded", history
+        assert history[-1] == ("node-heir", "succeeded"), history
+        assert sum(1 for _, status in history if status == "succeeded") == 1, history
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
