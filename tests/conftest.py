@@ -160,11 +160,13 @@ class Api:
         return await self.fetch("POST", path, **kw)
 
 
-async def start_api(settings: Settings) -> Api:
+async def start_api(settings: Settings, port: int = 0) -> Api:
+    """A server on ``port`` (0: any free one; a server restarted in a test gets the
+    port it had, so its clients reconnect where they were)."""
     assert settings.redis_url
     services = Services.create(settings, settings.redis_url)
     server = make_http_server(make_app(services), settings)
-    sockets = bind_sockets(0, "127.0.0.1")
+    sockets = bind_sockets(port, "127.0.0.1")
     server.add_sockets(sockets)
     await services.check_secrets()
     await services.bootstrap_admin_key()

@@ -9,6 +9,7 @@ and writes added back into input_tokens), and obeys restart and a graceful stop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, Api, wait_for
+from .conftest import REPO, Api, start_api, stop_api, wait_for
 
 PACKAGE = REPO / "examples" / "node-agent"
 AGENT_ID = "node-1"
@@ -251,3 +252,74 @@ async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_agents_long_polling_through_a_server_restart_lose_nothing(
+    api: Api, built: Path, tmp_path: Path
+) -> None:
+    """Two Node agents work a queue; the server stops and a new one starts on the same
+    port and Redis: they reconnect, every task succeeds once, none held by two."""
+    r = await api.post(
+        "/api/auth/keys",
+        json={
+            "name": "node pair",
+            "scopes": ["agent"],
+            "agent": {"ids": "node-*", "queues": [QUEUE]},
+        },
+    )
+    key = r.json["key"]
+    procs: list[asyncio.subprocess.Process] = []
+    for agent_id in ("node-a", "node-b"):
+        env = {
+            **os.environ,
+            "EZ_URL": api.base,
+            "EZ_AGENT_KEY": key,
+            "EZ_AGENT_ID": agent_id,
+            "EZ_QUEUES": QUEUE,
+            "EZ_DEMO_DELAY_MS": "150",
+        }
+        sink = (tmp_path / f"{agent_id}.log").open("wb")
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
+            )
+        )
+    port = int(api.base.rsplit(":", 1)[1])
+    current = api
+    try:
+        ids = []
+        for _i in range(12):
+            r = await current.post("/api/tasks", json={"type": "summarize", "queue": QUEUE})
+            ids.append(r.json["task"]["id"])
+
+        async def some_done() -> bool:
+            r = await current.get(f"/api/tasks?queue={QUEUE}&status=succeeded&limit=500")
+            return len(r.json["items"]) >= 3
+
+        await wait_for(some_done, 20, what="a few tasks done before the restart")
+        await stop_api(current)
+        current = await start_api(api.services.settings, port)
+        for _i in range(4):  # and some created after the restart
+            r = await current.post("/api/tasks", json={"type": "summarize", "queue": QUEUE})
+            ids.append(r.json["task"]["id"])
+
+        async def all_done() -> list[dict[str, Any]] | None:
+            tasks = [(await current.get(f"/api/tasks/{t}")).json for t in ids]
+            return tasks if all(t["status"] == "succeeded" for t in tasks) else None
+
+        tasks = await wait_for(all_done, 60, what="every task to succeed after the restart")
+        for t in tasks:
+            wins = [h for h in t["history"] if h["status"] == "succeeded"]
+            assert len(wins) == 1, t["history"]
+            spans = sorted((h["started_at"], h["finished_at"] or "~") for h in t["history"])
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                assert end <= start, t["history"]  # attempts never overlap
+        assert {t["agent_id"] for t in tasks} <= {"node-a", "node-b"}
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if current is not api:  # the fixture stops the server it holds: the new one
+            api.server, api.services = current.server, current.services
+            current.client.close()
