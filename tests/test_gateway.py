@@ -8,6 +8,7 @@ against the same scripts the Redis agents use."""
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from typing import Any
@@ -285,3 +286,50 @@ async def test_an_agent_on_one_instance_gets_tasks_created_through_another(
         assert statistics.median(latencies) < 0.1, latencies
     finally:
         await stop_api(other)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit": False, "redis_max_connections": 16}])
+async def test_a_thousand_idle_long_polls_hold_no_redis_connection_each(
+    api: Api, settings_overrides: dict[str, Any]
+) -> None:
+    """1,000 agents waiting for work cost the server memory bounded per waiter and no
+    Redis connection each: the pool (16 here) and one blocking reader, whatever waits."""
+    key = await agent_key(api, ids="idle-*", queues=["code"])
+    redis = api.services.redis
+    clients_before = len(await redis.client_list())
+    rss_before = _rss_mb()
+    host, port = api.base.removeprefix("http://").split(":")
+    body = b'{"queues": ["code"], "wait_s": 30}'
+    streams = []
+    try:
+        for i in range(1000):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST {V1}/agents/idle-{i}/take HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            streams.append((reader, writer))
+        waker = api.services.waker
+        await wait_for(lambda: _true(waker.waiting == 1000), 60, what="1,000 waiting agents")
+        clients = len(await redis.client_list())
+        grown = _rss_mb() - rss_before
+        print(f"1,000 waiting: Redis clients {clients_before} -> {clients}, RSS +{grown:.1f} MB")
+        assert clients - clients_before <= 16 + 1, (clients_before, clients)
+        assert grown < 200, grown  # client and server ends both live in this process
+        # one task: one of them gets it, the others go on waiting
+        r = await api.post("/api/tasks", json={"type": "fix", "queue": "code"})
+        assert r.status == 201
+        await wait_for(lambda: _true(waker.waiting == 999), 10, what="one agent to get it")
+        t = (await api.get(f"/api/tasks/{r.json['task']['id']}")).json
+        assert t["status"] == "running" and t["agent_id"].startswith("idle-"), t
+    finally:
+        for _, writer in streams:
+            writer.close()
+    await wait_for(lambda: _true(api.services.waker.waiting == 0), 30, what="the waits to end")
