@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from . import bench_api, bench_auth, bench_forecast, bench_metrics, bench_summary, bench_ws
+from . import (
+    bench_api,
+    bench_auth,
+    bench_dispatch,
+    bench_forecast,
+    bench_metrics,
+    bench_summary,
+    bench_ws,
+)
 from .common import record
 
 
@@ -17,7 +25,7 @@ def main() -> None:
     p.add_argument("--record", action="store_true", help="append results to docs/benchmarks.md")
     p.add_argument(
         "--only",
-        choices=["api", "auth", "metrics", "summary", "forecast", "ws"],
+        choices=["api", "auth", "metrics", "summary", "forecast", "ws", "dispatch"],
         help="run one benchmark",
     )
     args = p.parse_args()
@@ -31,6 +39,8 @@ def main() -> None:
         bench_summary.run()
     if args.only in (None, "ws"):
         bench_ws.run()
+    if args.only in (None, "dispatch"):
+        bench_dispatch.run()
     if args.only in (None, "forecast"):
         bench_forecast.run()
     if args.record:
