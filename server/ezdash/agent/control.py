@@ -1,16 +1,16 @@
 """The control loop: an agent reads its own command stream and obeys each command
 (``restart``, ``stop``) in order, at least once (docs/agent-protocol.md).
 
-Apart from the runtime because delivery is its own small protocol: where to resume
-reading after Redis trouble, which commands a previous run of this agent left
-pending or half done, how a command's outcome is recorded.  What a command does
+Apart from the runtime because delivery is its own small protocol: which commands a
+previous run of this agent left pending or half done, acting on each once, how a
+command's outcome is recorded.  How commands arrive (a Redis stream, heartbeat
+answers over HTTP) is the transport's: ``Transport.feed_commands``.  What a command does
 (restart, stop) stays the agent's."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -28,53 +28,21 @@ class CommandInbox:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.obeyed: dict[str, None] = {}  # commands acted on by this process, newest last
+        self.tried: dict[str, None] = {}  # commands this process tried to acknowledge
 
     async def run(self) -> None:
-        """Read this agent's command stream and obey each command, in order.
+        """Obey this agent's commands, in order, as its transport delivers them."""
+        await self.agent.transport.feed_commands(self)
 
-        ``last`` only moves past an entry once it was handled: after a Redis error
-        (a reconnect, a restart of Redis) the read resumes from there, so no command
-        is skipped; one handled twice is refused by its status the second time."""
-        blocker = self.agent._blocking_client()
-        stream = self.agent.keys.agent_commands(self.agent.id)
-        last: str | None = None
-        block_ms = int(self.agent.config.block_s * 1000)
-        while True:
-            try:
-                if last is None:
-                    last = await self._take_up(stream)
-                res = await blocker.xread({stream: last}, count=10, block=block_ms)
-                for _, entries in cast(
-                    list[tuple[str, list[tuple[str, dict[str, str]]]]], res or []
-                ):
-                    for entry_id, fields in entries:
-                        await self.obey(
-                            fields["command"], fields["action"], fields.get("force") == "1"
-                        )
-                        last = entry_id
-            except (RedisError, OSError) as e:
-                reraise_if_cancelling(e)
-                log.warning(
-                    "%s: commands: redis trouble (%s: %s); retrying",
-                    self.agent.id,
-                    type(e).__name__,
-                    e,
-                )
-                await asyncio.sleep(1.0)
-
-    async def _take_up(self, stream: str) -> str:
-        """At start-up: the newest entry of the command stream, to read on from, after
-        handling what a previous run of this agent left: commands still pending are
-        obeyed now; one acknowledged by a previous run that ended before finishing it
-        is closed (a restart did happen, the process started again; a stop did not
-        end in a stopped agent, so it failed)."""
-        newest = cast(list[Any], await self.agent.redis.xrevrange(stream, "+", "-", count=1))
-        last = str(newest[0][0]) if newest else "0-0"
-        for doc in sorted(
-            await self.agent.commands.pending_for(self.agent.id), key=lambda d: d["created_at"]
-        ):
+    async def take_up(self, docs: list[dict[str, Any]]) -> None:
+        """Handle the agent's commands not yet completed (at start-up on Redis; with
+        every heartbeat over HTTP): pending ones are obeyed now, oldest first; one
+        acknowledged by a previous run of this agent that ended before finishing it is
+        closed (a restart did happen, the process started again; a stop did not end
+        in a stopped agent, so it failed)."""
+        for doc in sorted(docs, key=lambda d: d["created_at"]):
             cid = doc["id"]
-            if doc["status"] == "pending":
+            if doc["status"] == "pending" or cid in self.tried:
                 await self.obey(cid, doc["action"], doc["force"])
             elif cid not in self.obeyed:  # acknowledged by a run of this agent now gone
                 if doc["action"] == "restart":
@@ -83,12 +51,12 @@ class CommandInbox:
                     await self.done(
                         cid, "failed", "the agent process ended before it stopped; it started again"
                     )
-        return last
 
     async def obey(self, cid: str, action: str, force: bool) -> None:
         if self.agent._stopped.is_set():
             return  # a stopped agent obeys nothing: a new process of this id will
-        status = await self.agent.commands.update(cid, "acknowledged", agent_id=self.agent.id)
+        self.tried[cid] = None
+        status = await self.agent.transport.update_command(cid, "acknowledged")
         if status == "refused:acknowledged" and cid not in self.obeyed:
             pass  # our acknowledgement went through but its answer was lost: act now
         elif status != "acknowledged":
@@ -96,8 +64,9 @@ class CommandInbox:
         if cid in self.obeyed:
             return
         self.obeyed[cid] = None
-        while len(self.obeyed) > 1000:
-            self.obeyed.pop(next(iter(self.obeyed)))
+        for seen in (self.obeyed, self.tried):
+            while len(seen) > 1000:
+                seen.pop(next(iter(seen)))
         self.agent.log(
             "info", f"command received: {action}", command_id=cid, action=action, force=force
         )
@@ -139,6 +108,4 @@ class CommandInbox:
             log.warning("%s: could not record command %s as %s: %s", self.agent.id, cid, status, e)
 
     async def _update(self, cid: str, status: str, error: str) -> tuple[str, str]:
-        return "ok", await self.agent.commands.update(
-            cid, status, agent_id=self.agent.id, error=error
-        )
+        return "ok", await self.agent.transport.update_command(cid, status, error)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from .runtime import Agent
 
 log = logging.getLogger("ezdash.agent.logs")
+
+LogWriter = Callable[[list[Doc], str], Awaitable[None]]
+"""Writes one batch under its batch id (written once however often it is sent):
+how a recorder reaches somewhere other than Redis (``HttpTransport.write_logs``)."""
 
 DEDUPE_TTL_MS = 600_000
 """How long Redis remembers a batch id. Only a retry of an unanswered batch needs it,
@@ -134,13 +139,24 @@ def make_entry(
     return doc
 
 
+async def _write_to_redis(store: LogStore, docs: list[Doc], batch_id: str) -> None:
+    sec, usec = await store.redis.time()
+    await store.append(
+        docs,
+        now_ms=int(sec) * 1000 + int(usec) // 1000,
+        batch_id=batch_id,
+        fingerprint=str(len(docs)),
+        dedupe_ttl_ms=DEDUPE_TTL_MS,
+    )
+
+
 class LogRecorder:
     """One per agent: a log call costs an append to a deque, and Redis sees a couple of
     script calls a second whatever the rate of lines (see the module docstring)."""
 
     def __init__(
         self,
-        store: LogStore,
+        store: LogStore | LogWriter,
         agent_id: str,
         *,
         flush_every_s: float = 0.5,
@@ -149,7 +165,9 @@ class LogRecorder:
     ) -> None:
         if max_batch < 1 or max_buffer < max_batch:
             raise ValueError("need 1 <= max_batch <= max_buffer")
-        self.store = store
+        self._write: LogWriter = (
+            functools.partial(_write_to_redis, store) if isinstance(store, LogStore) else store
+        )
         self.agent_id = agent_id
         self.flush_every = flush_every_s
         self.max_batch = max_batch
@@ -281,14 +299,7 @@ class LogRecorder:
                     budget -= n
                     self._inflight = (uuid.uuid4().hex, [self._buffer.popleft() for _ in range(n)])
                 batch_id, docs = self._inflight
-                sec, usec = await self.store.redis.time()
-                await self.store.append(
-                    docs,
-                    now_ms=int(sec) * 1000 + int(usec) // 1000,
-                    batch_id=batch_id,
-                    fingerprint=str(len(docs)),
-                    dedupe_ttl_ms=DEDUPE_TTL_MS,
-                )
+                await self._write(docs, batch_id)
                 self._inflight = None
                 self.written += len(docs)
                 self.batches += 1

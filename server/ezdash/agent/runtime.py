@@ -37,7 +37,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -46,21 +45,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import __version__
 from ..aio import reraise_if_cancelling
 from ..ids import AGENT_ID
-from ..keys import Keys
 from ..metrics.events import UsageEvent
 from ..metrics.pricing import PriceTable, load_price_table
-from ..metrics.recorder import UsageRecorder
-from ..metrics.rollup import parse_tiers
-from ..store.blocking import blocking_client
-from ..store.commands import CommandStore
-from ..store.logs import LogStore
-from ..store.scripts import Scripts
-from ..store.tasks import Delivery, TaskStore
+from ..store.tasks import Delivery
 from ..timeutil import now_ms
 from .config import AgentConfig, PermanentError
 from .context import Handler, Hook, TaskContext, log_outcome
 from .control import CommandInbox
+from .http_transport import HttpTransport
 from .logs import LogHandler, LogRecorder, Scope, current_scope
+from .redis_transport import RedisTransport
+from .transport import Transport, UsageSink
 
 log = logging.getLogger("ezdash.agent")
 
@@ -82,53 +77,29 @@ class Agent:
         *,
         redis_url: str | None = None,
         redis: Redis | None = None,
+        url: str | None = None,
+        key: str | None = None,
         config: AgentConfig | None = None,
         on_restart: Hook | None = None,
     ) -> None:
+        """On Redis: give ``redis_url`` (or a client, ``redis``).  Over the server's
+        agent gateway: give its ``url`` (``http://host:port``) and an agent ``key``."""
         if not AGENT_ID.match(agent_id):
             raise ValueError("agent ids are 1-128 characters of A-Z a-z 0-9 . _ : -")
-        if redis is None and redis_url is None:
-            raise ValueError("give redis_url or redis")
         self.id = agent_id
         self.handler = handler
         self.config = config or AgentConfig()
         self.config.check()  # again: a config may have been changed since it was made
         self.on_restart = on_restart
-        self._url = redis_url
-        self.redis: Redis = redis or Redis.from_url(redis_url or "", decode_responses=True)
-        self._owns_redis = redis is None
-        self.keys = Keys(self.config.prefix)
-        scripts = Scripts(self.redis)
-        self.tasks = TaskStore(
-            self.redis, self.keys, scripts, events_maxlen=self.config.events_maxlen
+        self.transport: Transport = _transport(
+            agent_id, self.config, redis_url=redis_url, redis=redis, url=url, key=key
         )
-        self.commands = CommandStore(
-            self.redis, self.keys, scripts, events_maxlen=self.config.events_maxlen, ttl_s=60
-        )
-        self.recorder: UsageRecorder | None = None
+        self.recorder: UsageSink | None = None
         if self.config.record_usage:
-            self.recorder = UsageRecorder(
-                self.redis,
-                self.keys,
-                parse_tiers(self.config.rollup_tiers),
-                _prices(),
-                flush_every_s=self.config.usage_flush_s,
-            )
+            self.recorder = self.transport.usage_recorder(_prices())
         self.log_recorder: LogRecorder | None = None
         if self.config.record_logs:
-            self.log_recorder = LogRecorder(
-                LogStore(
-                    self.redis,
-                    self.keys,
-                    scripts,
-                    maxlen=self.config.log_maxlen,
-                    retention_ms=int(self.config.log_retention * 1000),
-                ),
-                self.id,
-                flush_every_s=self.config.log_flush_s,
-                max_batch=self.config.log_batch,
-                max_buffer=self.config.log_buffer,
-            )
+            self.log_recorder = self.transport.log_recorder()
         self.log_handler: LogHandler | None = None
         self.status = "starting"
         self.restarts = 0
@@ -142,7 +113,6 @@ class Agent:
         self._active = 0  # work slots taking or executing a task
         self._idle = asyncio.Event()
         self._idle.set()
-        self._blocking: list[Redis] = []
         self.completed = 0
         self._inbox = CommandInbox(self)
 
@@ -170,16 +140,7 @@ class Agent:
     async def publish(self, status: str | None = None) -> None:
         if status is not None:
             self.status = status
-        await self.tasks.scripts.run(
-            "agent_put",
-            [self.keys.agents],
-            [
-                self.keys.base,
-                self.id,
-                orjson.dumps(self.document()).decode(),
-                self.config.events_maxlen,
-            ],
-        )
+        await self.transport.register(self.document())
 
     # -- usage --------------------------------------------------------------------
     def record_usage(
@@ -252,9 +213,15 @@ class Agent:
 
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
-        """Run until stopped by a command or by ``stop()``."""
-        self.started_at = await self._redis_now()
-        await self.publish("starting")
+        """Run until stopped by a command or by ``stop()``.  A refusal at registration
+        (over HTTP: a key that may not act as this agent or take from its queues)
+        raises here, before any loop starts."""
+        try:
+            self.started_at = await self._redis_now()
+            await self.publish("starting")
+        except BaseException:
+            await self.transport.close()
+            raise
         self._accepting.set()
         await self.publish("idle")
         # Everything started from here (loops, hooks, handlers) logs as this agent.
@@ -305,9 +272,8 @@ class Agent:
                 await asyncio.sleep(1.0)
 
     async def _redis_now(self) -> int:
-        """The Redis clock, which every agent and server shares."""
-        sec, usec = await self.redis.time()
-        return int(sec) * 1000 + int(usec) // 1000
+        """The fleet's clock (Redis's, which every agent and server shares)."""
+        return await self.transport.now_ms()
 
     async def stop(self, *, force: bool = False, command_id: str | None = None) -> None:
         """Graceful: finish running tasks first.  Forced: give them back to their queues.
@@ -351,9 +317,6 @@ class Agent:
         for t in loops:
             with contextlib.suppress(asyncio.CancelledError, RedisError):
                 await t
-        for client in self._blocking:
-            await client.aclose()
-        self._blocking.clear()
         self._detach_logging()
         if self.recorder is not None and self._killed:
             await self.recorder.abandon()
@@ -374,8 +337,7 @@ class Agent:
                     self.log_recorder.pending,
                     e,
                 )
-        if self._owns_redis:
-            await self.redis.aclose()
+        await self.transport.close()
 
     async def _drain(self, *, force: bool) -> None:
         if force:
@@ -387,27 +349,23 @@ class Agent:
                 self.running.pop(tid, None)
                 self._log(
                     "warning",
-                    "task handed back to its queue (forced stop)",
+                    "task handed back to its queue (forced stop)"
+                    if self.transport.can_requeue
+                    else "task left to be reclaimed after the visibility timeout (forced stop)",
                     tid,
                     {"attempt": d.attempt},
                 )
         await self._idle.wait()  # every taken task reported
 
-    def _blocking_client(self) -> Redis:
-        client = blocking_client(self.redis, self.config.block_s)
-        self._blocking.append(client)
-        return client
-
     # -- work -----------------------------------------------------------------------
     async def _work(self, slot: int) -> None:
-        blocker = self._blocking_client()
         while True:
             await self._accepting.wait()
             self._active += 1
             self._idle.clear()
             try:
-                got = await self.tasks.take(self.id, self.config.queues)
-                if isinstance(got, Delivery):
+                got = await self.transport.take(slot, self.config.queues)
+                if got is not None:
                     await self._execute(got)
                     continue
             except (RedisError, OSError) as e:
@@ -418,17 +376,17 @@ class Agent:
                 self._active -= 1
                 if self._active == 0:
                     self._idle.set()
-            if not got:
-                continue  # the take script stopped early on stale entries: go again
             try:
-                await blocker.xread(dict(got), count=1, block=int(self.config.block_s * 1000))
+                await self.transport.wait(slot, self.config.block_s)
             except (RedisError, OSError) as e:
                 reraise_if_cancelling(e)
                 await self._trouble(e)
 
     async def _trouble(self, e: BaseException) -> None:
-        """Redis is unreachable or refusing: say so, wait a little, carry on."""
-        log.warning("%s: redis trouble (%s: %s); retrying", self.id, type(e).__name__, e)
+        """Redis (or the gateway) is unreachable or refusing: say so, wait, carry on."""
+        log.warning(
+            "%s: %s trouble (%s: %s); retrying", self.id, self.transport.name, type(e).__name__, e
+        )
         self.status = "error"
         await asyncio.sleep(1.0)
         await self._publish_quiet()
@@ -505,8 +463,8 @@ class Agent:
                     self.config.retry_backoff_max_s,
                 ) * random.uniform(0.8, 1.2)
             outcome, status = await self._report(
-                lambda: self.tasks.finish(
-                    d, self.id, result=result, error=error, retryable=retryable, backoff_s=backoff
+                lambda: self.transport.finish(
+                    d, result=result, error=error, retryable=retryable, backoff_s=backoff
                 )
             )
             log_outcome(ctx, outcome, status, error, backoff, time.monotonic() - began)
@@ -527,7 +485,7 @@ class Agent:
         await self._publish_quiet()
 
     async def _abandon(self, d: Delivery) -> tuple[str, str]:
-        return "ok", await self.tasks.abandon(d, self.id)
+        return "ok", await self.transport.abandon(d)
 
     # -- pulse ----------------------------------------------------------------------
     async def _pulse(self) -> None:
@@ -537,13 +495,10 @@ class Agent:
             await asyncio.sleep(cfg.heartbeat_interval)
             beats += 1
             try:
-                alive = await self.tasks.scripts.run(
-                    "agent_heartbeat", [self.keys.heartbeats], [self.keys.base, self.id]
-                )
-                if not alive:
-                    await self.publish()  # the registry was wiped: register again
-                for tid, (d, task) in list(self.running.items()):
-                    if not await self.tasks.lease(d, self.id):
+                held = [d for d, _ in self.running.values()]
+                for tid in await self.transport.heartbeat(self.document(), held):
+                    if tid in self.running:
+                        d, task = self.running[tid]
                         log.info("%s: lost task %s (cancelled or reclaimed)", self.id, tid)
                         self._log(
                             "warning",
@@ -553,9 +508,7 @@ class Agent:
                         )
                         task.cancel()
                 if beats % max(1, int(cfg.visibility_timeout / cfg.heartbeat_interval / 2)) == 0:
-                    for queue in cfg.queues:
-                        await self.tasks.reclaim(queue, self.id, cfg.visibility_timeout)
-                    await self.tasks.promote_due()
+                    await self.transport.maintain(cfg.queues, cfg.visibility_timeout)
             except (RedisError, OSError) as e:
                 reraise_if_cancelling(e)
                 log.warning("%s: heartbeat failed: %s", self.id, e)
@@ -583,3 +536,29 @@ class Agent:
         self._accepting.set()
         self.log("info", "agent restarted", restarts=self.restarts)
         await self._publish_quiet()
+
+
+def _transport(
+    agent_id: str,
+    config: AgentConfig,
+    *,
+    redis_url: str | None,
+    redis: Redis | None,
+    url: str | None,
+    key: str | None,
+) -> Transport:
+    """Redis (``redis_url`` or ``redis``) or the HTTP gateway (``url`` and ``key``)."""
+    on_redis = redis is not None or redis_url is not None
+    if on_redis and url is not None:
+        raise ValueError("give redis_url (or redis) or url and key, not both")
+    if url is not None:
+        if not key:
+            raise ValueError("an agent over HTTP needs key= (an agent key, ezk_...)")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be http:// or https://, not {url!r}")
+        return HttpTransport(agent_id, config, url=url, key=key)
+    if key is not None:
+        raise ValueError("key= is for the HTTP gateway: give url= too")
+    if not on_redis:
+        raise ValueError("give redis_url (or redis) for Redis, or url and key for the gateway")
+    return RedisTransport(agent_id, config, url=redis_url, redis=redis)

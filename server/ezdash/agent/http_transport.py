@@ -1,0 +1,405 @@
+"""The agent's operations over HTTP, through the server's agent gateway
+(``/api/agent/v1``, docs in API.md): for agents anywhere, holding only an agent key.
+
+Everything the Redis transport does has its HTTP counterpart: the heartbeat carries
+the leases the agent holds (``tasks``) and answers which were lost and which of its
+commands are not yet completed, so commands arrive with heartbeats (acknowledged,
+then completed or failed, each once); a take is the gateway's long poll; usage and
+log batches go to the agent's own ingest endpoints under an ``Idempotency-Key`` per
+batch, so a batch resent after a lost answer counts once.
+
+Two differences are the protocol's:
+
+- a forced stop cannot give running tasks back (there is no abandon endpoint): the
+  agent stops renewing their leases and exits, and the server's maintenance
+  reclaims them after the visibility timeout;
+- task outcomes are counted by the server's task metrics only, not in the agent's
+  usage rollups (``record_task`` writes nothing).
+
+Retrying: network errors, 5xx and 429 (honouring ``Retry-After``) are retried with
+exponential back-off and full jitter, a bounded number of times; then the call
+raises ``GatewayUnavailable`` (an ``OSError``, the transport convention for "try
+again later") and the runtime's own loops carry on as through a Redis outage.  A
+409 is an answer (the lease was lost, the command moved on); 404 on a heartbeat
+means the server forgot the agent (its Redis was wiped): it registers again.  Any
+other 4xx is a bug or a refusal: logged and raised as ``GatewayRefused``, never
+retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.iostream import StreamClosedError
+
+from .. import __version__
+from ..aio import reraise_if_cancelling
+from ..metrics.events import UsageEvent
+from ..metrics.pricing import PriceTable
+from ..store.logs import Doc
+from ..store.tasks import Delivery
+from .config import AgentConfig
+from .logs import LogRecorder
+
+if TYPE_CHECKING:
+    from .control import CommandInbox
+
+log = logging.getLogger("ezdash.agent")
+
+V1 = "/api/agent/v1"
+BEAT_STATUSES = {"idle", "busy", "error", "restarting", "stopping", "stopped"}
+MAX_WAIT_S = 30.0  # the gateway's longest long poll
+
+
+class GatewayRefused(Exception):
+    """A 4xx other than 409 (or 404 where it means something): a wrong key, a binding
+    that does not allow this agent or queue, a malformed body.  Retrying cannot help."""
+
+    def __init__(self, status: int, method: str, path: str, detail: str) -> None:
+        super().__init__(f"{method} {path}: {status} {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class GatewayUnavailable(ConnectionError):
+    """The gateway did not answer usefully (network, 5xx, 429) after the retries."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential back-off with full jitter (sleep uniform in [0, min(cap, base·2ⁿ)]),
+    at most ``attempts`` tries per call; ``Retry-After`` is honoured up to ``cap``."""
+
+    attempts: int = 5
+    base_s: float = 0.2
+    cap_s: float = 5.0
+
+    def pause(self, n: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap_s)
+        return random.uniform(0, min(self.cap_s, self.base_s * 2**n))
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date: fall back to the back-off
+
+
+def _detail(body: bytes) -> str:
+    try:
+        doc = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return body[:200].decode(errors="replace")
+    return str(doc.get("detail") or doc.get("title") or "") if isinstance(doc, dict) else ""
+
+
+class HttpTransport:
+    name = "http"
+    can_requeue = False
+
+    def __init__(
+        self, agent_id: str, config: AgentConfig, *, url: str, key: str, retry: Retry | None = None
+    ) -> None:
+        self.agent_id = agent_id
+        self.config = config
+        self.base = url.rstrip("/")
+        self.retry = retry or Retry()
+        self._auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self._client = AsyncHTTPClient(force_instance=True, max_clients=config.concurrency + 8)
+        self._me = f"{V1}/agents/{quote(agent_id, safe='')}"
+        self._tokens: dict[str, str] = {}  # task id -> lease token, while it runs
+        self._registered: tuple[Any, ...] | None = None  # what the last PUT said
+        self._commands: list[dict[str, Any]] = []
+        self._commands_seen = asyncio.Event()
+
+    # -- calls ----------------------------------------------------------------------
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        answers: tuple[int, ...] = (),
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> tuple[int, Any]:
+        """One gateway call, retried through network trouble, 5xx and 429: the status
+        and the decoded body of a 2xx or of a status in ``answers``."""
+        for n in range(self.retry.attempts):
+            req = HTTPRequest(
+                self.base + path,
+                method=method,
+                body=orjson.dumps(body) if body is not None else b"{}",
+                headers={**self._auth, **(headers or {})},
+                request_timeout=timeout_s,
+            )
+            try:
+                resp = await self._client.fetch(req, raise_error=False)
+            except (OSError, HTTPClientError, StreamClosedError) as e:  # no answer at all
+                reraise_if_cancelling(e)
+                resp = HTTPResponse(req, 599, error=e)
+            code = resp.code
+            if 200 <= code < 300 or code in answers:
+                return code, orjson.loads(resp.body) if resp.body else None
+            trouble = code == 599 or code >= 500 or code == 429
+            if not trouble:
+                detail = _detail(resp.body or b"")
+                log.error("%s: %s %s refused: %d %s", self.agent_id, method, path, code, detail)
+                raise GatewayRefused(code, method, path, detail)
+            why = str(resp.error) if code == 599 else f"{code} {_detail(resp.body or b'')}"
+            if n + 1 < self.retry.attempts:
+                pause = self.retry.pause(n, _retry_after(resp.headers.get("Retry-After")))
+                log.debug("%s: %s %s: %s; retry in %.2fs", self.agent_id, method, path, why, pause)
+                await asyncio.sleep(pause)
+        raise GatewayUnavailable(f"{method} {path}: {why}")
+
+    # -- the agent ------------------------------------------------------------------
+    async def now_ms(self) -> int:
+        return int(time.time() * 1000)  # the gateway stamps what it stores itself
+
+    async def register(self, doc: dict[str, Any]) -> None:
+        """PUT the document when what it registers changed (or the server forgot it),
+        then a heartbeat carries its status and current task."""
+        body = {
+            "name": doc["name"],
+            "kind": doc["kind"],
+            "model": doc["model"],
+            "host": socket.gethostname()[:255],
+            "version": __version__,
+            "queues": doc["queues"],
+            "tags": doc["tags"],
+            "concurrency": doc["concurrency"],
+            "restarts": doc["restarts"],
+        }
+        if self._registered != tuple(orjson.dumps(body)):
+            await self.call("PUT", self._me, body)
+            self._registered = tuple(orjson.dumps(body))
+        await self._beat(doc, [])
+
+    async def heartbeat(self, doc: dict[str, Any], held: list[Delivery]) -> list[str]:
+        return await self._beat(doc, held)
+
+    async def _beat(self, doc: dict[str, Any], held: list[Delivery]) -> list[str]:
+        body = {
+            "status": doc["status"] if doc["status"] in BEAT_STATUSES else None,
+            "current_task": doc["current_task"],
+            "tasks": [
+                {"task_id": d.id, "token": self._tokens[d.id]} for d in held if d.id in self._tokens
+            ],
+        }
+        code, answer = await self.call("POST", f"{self._me}/heartbeat", body, answers=(404,))
+        if code == 404:  # the server forgot us (a wiped Redis): register again
+            log.info("%s: not registered at the gateway; registering again", self.agent_id)
+            self._registered = None
+            await self.register(doc)
+            code, answer = await self.call("POST", f"{self._me}/heartbeat", body)
+        self._commands = list(answer.get("commands") or [])
+        self._commands_seen.set()
+        return [str(t) for t in answer.get("lost") or []]
+
+    async def maintain(self, queues: list[str], visibility_timeout: float) -> None:
+        return None  # reclaiming and promoting are the server's maintenance
+
+    # -- tasks ----------------------------------------------------------------------
+    async def take(self, slot: int, queues: list[str]) -> Delivery | None:
+        wait = min(self.config.block_s, MAX_WAIT_S)
+        code, answer = await self.call(
+            "POST",
+            f"{self._me}/take",
+            {"queues": queues, "wait_s": wait},
+            timeout_s=wait + 30.0,
+        )
+        if code == 204 or not answer:
+            return None
+        t = answer["task"]
+        self._tokens[t["id"]] = t["lease"]["token"]
+        return Delivery(
+            id=t["id"],
+            type=t["type"],
+            queue=t["queue"],
+            priority=int(t.get("priority") or 0),
+            payload=t.get("payload"),
+            attempt=int(t["attempt"]),
+            max_attempts=int(t["max_attempts"]),
+            entry="",
+        )
+
+    async def wait(self, slot: int, block_s: float) -> None:
+        return None  # the long poll of ``take`` did the waiting
+
+    async def finish(
+        self,
+        d: Delivery,
+        *,
+        result: Any,
+        error: tuple[str, str] | None,
+        retryable: bool,
+        backoff_s: float,
+    ) -> tuple[str, str]:
+        """Finish with the lease token; 409 means another holds the task now.  The
+        gateway applies its own retry back-off (``backoff_s`` is the Redis path's)."""
+        body: dict[str, Any] = {"token": self._tokens.get(d.id, "-"), "status": "succeeded"}
+        if error is None:
+            body["result"] = result
+        else:
+            body["status"] = "failed"
+            body["error"] = {
+                "type": error[0][:200] or "Error",
+                "message": error[1][:2000],
+                "permanent": not retryable,
+            }
+        code, answer = await self.call("POST", f"{V1}/tasks/{d.id}/finish", body, answers=(409,))
+        self._tokens.pop(d.id, None)
+        if code == 409:
+            found = re.search(r"\(it is (\w+)\)", str((answer or {}).get("detail", "")))
+            return "stale", found.group(1) if found else "reclaimed"
+        return "ok", str(answer["task"]["status"])
+
+    async def abandon(self, d: Delivery) -> str:
+        """Nothing to call: the lease is no longer renewed, and the server reclaims the
+        task after the visibility timeout."""
+        self._tokens.pop(d.id, None)
+        return "left"
+
+    # -- commands -------------------------------------------------------------------
+    async def update_command(self, cid: str, status: str, error: str = "") -> str:
+        body: dict[str, Any] = {"status": status, "error": error[:2000] or None}
+        code, answer = await self.call(
+            "POST", f"{V1}/commands/{quote(cid, safe='')}", body, answers=(404, 409)
+        )
+        if code == 404:
+            return "refused:unknown"
+        if code == 409:  # "command <id> is <status>"
+            return "refused:" + str((answer or {}).get("detail", "")).rsplit(" ", 1)[-1]
+        return str(answer["command"]["status"])
+
+    async def feed_commands(self, inbox: CommandInbox) -> None:
+        """Obey the commands each heartbeat answered with (the newest answer only: an
+        older one can only repeat it)."""
+        while True:
+            await self._commands_seen.wait()
+            self._commands_seen.clear()
+            try:
+                await inbox.take_up(self._commands)
+            except OSError as e:
+                reraise_if_cancelling(e)
+                log.warning("%s: commands: gateway trouble (%s); retrying", self.agent_id, e)
+                await asyncio.sleep(1.0)
+                self._commands_seen.set()
+
+    # -- usage and logs -------------------------------------------------------------
+    def usage_recorder(self, prices: PriceTable) -> HttpUsageRecorder:
+        return HttpUsageRecorder(self, flush_every_s=self.config.usage_flush_s)
+
+    def log_recorder(self) -> LogRecorder:
+        cfg = self.config
+        return LogRecorder(
+            self.write_logs,
+            self.agent_id,
+            flush_every_s=cfg.log_flush_s,
+            max_batch=cfg.log_batch,
+            max_buffer=cfg.log_buffer,
+        )
+
+    async def write_logs(self, docs: list[Doc], batch_id: str) -> None:
+        entries = [{k: v for k, v in d.items() if k != "agent_id"} for d in docs]
+        await self._batch("logs", entries, batch_id)
+
+    async def write_usage(self, events: list[UsageEvent], batch_id: str) -> None:
+        items = [
+            {**e.model_dump(mode="json", exclude={"agent_id"}), "ts": e.ts / 1000} for e in events
+        ]  # ts in unix seconds, as the ingest takes it
+        await self._batch("usage", items, batch_id)
+
+    async def _batch(self, what: str, items: list[Any], batch_id: str) -> None:
+        name = "entries" if what == "logs" else "events"
+        await self.call(
+            "POST", f"{self._me}/{what}", {name: items}, headers={"Idempotency-Key": batch_id}
+        )
+
+    async def close(self) -> None:
+        self._client.close()
+
+
+class HttpUsageRecorder:
+    """Usage events batched and posted to the gateway every ``flush_every_s``: the
+    server prices and rolls them up.  A batch that failed is resent as it was, under
+    the same id; at most ``max_pending`` batches wait through an outage."""
+
+    def __init__(
+        self,
+        transport: HttpTransport,
+        *,
+        flush_every_s: float = 1.0,
+        max_batch: int = 500,
+        max_pending: int = 600,
+    ) -> None:
+        self.transport = transport
+        self.flush_every = flush_every_s
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._events: list[UsageEvent] = []
+        self._pending: list[tuple[str, list[UsageEvent]]] = []
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def record(self, event: UsageEvent, *, kind: str = "", queue: str = "") -> None:
+        self._events.append(event)  # kind and queue: the server looks them up
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._ticker())
+
+    def record_task(
+        self, ts_ms: int, *, agent: str, kind: str, queue: str, ok: bool, duration_ms: float
+    ) -> None:
+        return None  # see the module docstring: the gateway has no such endpoint
+
+    async def _ticker(self) -> None:
+        while self._events or self._pending:
+            await asyncio.sleep(self.flush_every)
+            try:
+                await self.flush()
+            except OSError as e:
+                reraise_if_cancelling(e)
+                log.warning("usage flush failed (%s); will retry", e)
+            except GatewayRefused:
+                self.dropped += sum(len(b) for _, b in self._pending[:1])
+                self._pending = self._pending[1:]  # never accepted: resending cannot help
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self._events:
+                chunk, self._events = self._events[: self.max_batch], self._events[self.max_batch :]
+                self._pending.append((uuid.uuid4().hex, chunk))
+            if len(self._pending) > self.max_pending:
+                lost = self._pending[: -self.max_pending]
+                self._pending = self._pending[-self.max_pending :]
+                self.dropped += sum(len(b) for _, b in lost)
+            while self._pending:
+                batch_id, events = self._pending[0]
+                await self.transport.write_usage(events, batch_id)
+                self._pending.pop(0)
+
+    async def abandon(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await self._task
+
+    async def close(self) -> None:
+        await self.abandon()
+        await self.flush()
