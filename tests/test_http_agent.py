@@ -184,10 +184,6 @@ async def start_api_on(settings: Settings, port: int) -> Api:
     return Api(services, f"http://127.0.0.1:{port}", server)
 
 
-@pytest.mark.skip(
-    reason="flaky (about 1 run in 4): stop_api of a server under agent traffic can hang in "
-    "AuditLog.close (its writer task is left 'cancelling' at _wake.wait); passes otherwise"
-)
 async def test_the_agent_goes_on_after_a_server_restart(api: Api, http_fleet: HttpFleet) -> None:
     key = await agent_key(api, ids="py-*", queues=["code"])
     probe = bind_sockets(0, "127.0.0.1")

@@ -1017,12 +1017,6 @@ export interface components {
              * @default 1
              */
             concurrency?: number;
-            /**
-             * Restarts
-             * @description Restarts the agent has made (its runtime counts); default kept
-             * @default null
-             */
-            restarts?: number | null;
         };
         /** AgentRegistered */
         AgentRegistered: {

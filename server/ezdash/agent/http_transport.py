@@ -183,8 +183,7 @@ class HttpTransport:
             "queues": doc["queues"],
             "tags": doc["tags"],
             "concurrency": doc["concurrency"],
-            "restarts": doc["restarts"],
-        }
+        }  # restarts: the server counts them, as each completed restart command
         if self._registered != tuple(orjson.dumps(body)):
             await self.call("PUT", self._me, body)
             self._registered = tuple(orjson.dumps(body))

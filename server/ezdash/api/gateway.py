@@ -141,7 +141,7 @@ class RegisterHandler(GatewayHandler):
             "version": body.version,
             "current_task": (old or {}).get("current_task"),
             "started_at": (old or {}).get("started_at") or now,
-            "restarts": (old or {}).get("restarts", 0) if body.restarts is None else body.restarts,
+            "restarts": (old or {}).get("restarts", 0),  # counted here (_count_restart)
             "tags": body.tags,
             "queues": body.queues,
             "concurrency": body.concurrency,

@@ -551,9 +551,6 @@ class AgentRegister(Strict):
         default_factory=dict, max_length=32
     )
     concurrency: JsonInt = Field(1, ge=1, le=64)
-    restarts: JsonInt | None = Field(
-        None, ge=0, description="Restarts the agent has made (its runtime counts); default kept"
-    )
 
 
 class HeldTask(Strict):

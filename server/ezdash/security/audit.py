@@ -82,6 +82,7 @@ class AuditLog:
         self.dropped = 0
         self._pending: deque[dict[str, str]] = deque()
         self._wake = asyncio.Event()
+        self._closing = False
         self._idle = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
@@ -118,7 +119,7 @@ class AuditLog:
             )
 
     async def _drain(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
@@ -130,6 +131,8 @@ class AuditLog:
                         await pipe.execute()
                 except (RedisError, OSError) as e:
                     self._pending.extendleft(reversed(batch))  # oldest first, as they came
+                    if self._closing:
+                        return  # a cancelled write can surface as a Redis error
                     if self.watch is not None:
                         self.watch.failed(e)
                         await self.watch.back.wait()
@@ -144,9 +147,15 @@ class AuditLog:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         if self._pending:
             log.error("shutting down with %d audit records unwritten", len(self._pending))
+        # Not only cancel: redis-py can turn a cancelled write into a connection error,
+        # which the writer would take for an outage and wait on; the flag ends it too,
+        # and the wait is bounded whatever the writer does.
+        self._closing = True
+        self._wake.set()
         self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        done, _ = await asyncio.wait({self._writer}, timeout=2.0)
+        if not done:
+            log.warning("the audit writer did not stop within 2 s")
 
     async def page(
         self,

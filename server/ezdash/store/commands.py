@@ -82,6 +82,7 @@ class CommandStore:
                 idem_key,
                 int(idem_ttl * 1000),
                 fp,
+                *FIELDS,
             ],
         )
         if res[0] == "noagent":
@@ -92,6 +93,8 @@ class CommandStore:
             seen_fp, _, cid = res[1].partition("|")
             if seen_fp != fp:
                 raise IdempotencyMismatch()
+        if res[0] == "ok":  # as created: its agent may have acknowledged it since
+            return command_doc(list(res[2:])), True
         doc = await self.get(cid)
         if doc is None:  # a replay of a command purged since (retention < idempotency TTL)
             raise Conflict(f"the command first created with this Idempotency-Key ({cid}) is gone")
