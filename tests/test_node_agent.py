@@ -206,6 +206,7 @@ async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
     )
     key = r.json["key"]
     procs: list[asyncio.subprocess.Process] = []
+    sinks: list[Any] = []
 
     async def start(agent_id: str, delay_ms: int) -> asyncio.subprocess.Process:
         env = {
@@ -217,6 +218,7 @@ async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
             "EZ_DEMO_DELAY_MS": str(delay_ms),
         }
         sink = (tmp_path / f"{agent_id}.log").open("wb")
+        sinks.append(sink)
         proc = await asyncio.create_subprocess_exec(
             "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
         )
@@ -252,6 +254,8 @@ async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        for sink in sinks:
+            sink.close()
 
 
 async def test_agents_long_polling_through_a_server_restart_lose_nothing(
@@ -269,6 +273,7 @@ async def test_agents_long_polling_through_a_server_restart_lose_nothing(
     )
     key = r.json["key"]
     procs: list[asyncio.subprocess.Process] = []
+    sinks: list[Any] = []
     for agent_id in ("node-a", "node-b"):
         env = {
             **os.environ,
@@ -279,6 +284,7 @@ async def test_agents_long_polling_through_a_server_restart_lose_nothing(
             "EZ_DEMO_DELAY_MS": "150",
         }
         sink = (tmp_path / f"{agent_id}.log").open("wb")
+        sinks.append(sink)
         procs.append(
             await asyncio.create_subprocess_exec(
                 "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
@@ -320,6 +326,8 @@ async def test_agents_long_polling_through_a_server_restart_lose_nothing(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        for sink in sinks:
+            sink.close()
         if current is not api:  # the fixture stops the server it holds: the new one
             api.server, api.services = current.server, current.services
             current.client.close()
