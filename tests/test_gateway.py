@@ -8,6 +8,7 @@ against the same scripts the Redis agents use."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -332,4 +333,7 @@ async def test_a_thousand_idle_long_polls_hold_no_redis_connection_each(
     finally:
         for _, writer in streams:
             writer.close()
+        for _, writer in streams:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
     await wait_for(lambda: _true(api.services.waker.waiting == 0), 30, what="the waits to end")

@@ -136,12 +136,18 @@ class QueueWaker:
                             fut.set_result(None)
         finally:
             if conn is not None:
+                await conn.disconnect()  # a read may be half done: never reuse it
                 await self._blocker.connection_pool.release(conn)
 
     async def _connect(self) -> Connection:
         conn: Connection = await self._blocker.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        await conn.send_command("CLIENT", "ID")
-        self._client_id = int(await conn.read_response())
+        try:
+            await conn.send_command("CLIENT", "ID")
+            self._client_id = int(await conn.read_response())
+        except BaseException:  # cancelled or failed: the connection is not left open
+            await conn.disconnect()
+            await self._blocker.connection_pool.release(conn)
+            raise
         return conn
 
     async def close(self) -> None:
