@@ -2,10 +2,11 @@
 
 The same number of agents of each kind, in the same run, against one server process
 and one Redis: Python runtime agents on Redis (``Agent(redis_url=...)``), and bare
-HTTP agents on the gateway (long-poll take, then finish with the lease token: what an
-agent in any language does).  Two figures per kind: throughput (a backlog of tasks
-worked off as fast as the agents go) and dispatch latency at a steady 100 tasks/s
-(from the create call returning to the handler starting, both clocks this process's).
+HTTP agents on the gateway (one kept-alive connection each, long-poll take, then
+finish with the lease token: what an agent in any language does).  Two figures per
+kind: throughput (a backlog of tasks worked off as fast as the agents go) and dispatch
+latency at a steady 100 tasks/s (from the create call returning to the handler
+starting, both clocks this process's).
 Target: HTTP >= 0.5x direct throughput, HTTP p99 dispatch < 50 ms at 100 tasks/s.
 """
 
@@ -18,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -91,23 +93,55 @@ async def _backlog(client: AsyncHTTPClient, base: str, queue: str, dispatch: Dis
 
 
 async def _http_agent(base: str, key: str, agent_id: str, queue: str, dispatch: Dispatch) -> None:
-    client = AsyncHTTPClient(force_instance=True, max_clients=4)
+    """What an agent in any language does: one kept-alive connection (as Node's fetch,
+    Go's net/http or the Python runtime's aiohttp session keep it), a long-poll take,
+    then a finish with the lease token."""
     me = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    v1 = f"/api/agent/v1/agents/{agent_id}"
-    await _call(client, base, "PUT", v1, {"queues": [queue]}, me)
-    try:
+    v1 = f"{base}/api/agent/v1/agents/{agent_id}"
+    take = orjson.dumps({"queues": [queue], "wait_s": 20})
+    async with aiohttp.ClientSession() as session:
+        async with session.put(v1, data=orjson.dumps({"queues": [queue]}), headers=me) as r:
+            assert r.status == 200, await r.text()
         while True:
-            code, doc = await _call(
-                client, base, "POST", v1 + "/take", {"queues": [queue], "wait_s": 20}, me
-            )
-            if code != 200:
-                continue
-            task = doc["task"]
+            async with session.post(v1 + "/take", data=take, headers=me) as r:
+                if r.status != 200:
+                    continue
+                task = orjson.loads(await r.read())["task"]
             dispatch.receive(task["id"])
             body = {"token": task["lease"]["token"], "status": "succeeded", "result": {}}
-            await _call(client, base, "POST", f"/api/agent/v1/tasks/{task['id']}/finish", body, me)
-    finally:
-        client.close()
+            finish = f"{base}/api/agent/v1/tasks/{task['id']}/finish"
+            async with session.post(finish, data=orjson.dumps(body), headers=me) as r:
+                await r.read()
+
+
+async def _ws_agent(base: str, key: str, agent_id: str, queue: str, dispatch: Dispatch) -> None:
+    """The same agent on the gateway's WebSocket: take and finish as messages on one
+    connection (``GET /api/agent/v1/agents/{id}/ws``)."""
+    me = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    v1 = f"{base}/api/agent/v1/agents/{agent_id}"
+    take = orjson.dumps({"op": "take", "id": 0, "queues": [queue], "wait_s": 20}).decode()
+    async with aiohttp.ClientSession() as session:
+        async with session.put(v1, data=orjson.dumps({"queues": [queue]}), headers=me) as r:
+            assert r.status == 200, await r.text()
+        async with session.ws_connect(v1 + "/ws", headers=me) as ws:
+            await ws.receive_json()  # hello
+            while True:
+                await ws.send_str(take)
+                reply = orjson.loads((await ws.receive()).data)
+                if reply.get("status") != 200:
+                    continue
+                task = reply["data"]["task"]
+                dispatch.receive(task["id"])
+                finish = {
+                    "op": "finish",
+                    "id": 1,
+                    "task_id": task["id"],
+                    "token": task["lease"]["token"],
+                    "status": "succeeded",
+                    "result": {},
+                }
+                await ws.send_str(orjson.dumps(finish).decode())
+                await ws.receive()
 
 
 async def _phase(
@@ -169,11 +203,18 @@ async def _measure(redis_url: str, base: str) -> dict[str, tuple[float, list[flo
             for i in range(AGENTS)
         ]
 
+    async def ws(dispatch: Dispatch) -> list[asyncio.Task[Any]]:
+        return [
+            asyncio.ensure_future(_ws_agent(base, key, f"bench-ws-{i}", "http", dispatch))
+            for i in range(AGENTS)
+        ]
+
     results = {"direct": await _phase(base, "direct", direct)}
     for agent in direct_agents:
         with contextlib.suppress(Exception):
             await agent.kill()
     results["http"] = await _phase(base, "http", http)
+    results["ws"] = await _phase(base, "http", ws)
     return results
 
 
@@ -194,7 +235,8 @@ def run() -> None:
             f"  {kind:6}: {tps:8.1f} tasks/s   dispatch p50 {statistics.median(lat):6.1f} ms"
             f"  p99 {_pct(lat, 0.99):6.1f} ms  ({len(lat)} tasks)"
         )
-    ratio = results["http"][0] / results["direct"][0]
-    p99 = _pct(results["http"][1], 0.99)
-    report(f"  ratio (http/direct throughput): {ratio:.2f}   target: >= 0.5")
-    report(f"  http p99 at {RATE} tasks/s: {p99:.1f} ms   target: < 50 ms")
+    for kind in ("http", "ws"):
+        ratio = results[kind][0] / results["direct"][0]
+        p99 = _pct(results[kind][1], 0.99)
+        report(f"  ratio ({kind}/direct throughput): {ratio:.2f}   target: >= 0.5")
+        report(f"  {kind} p99 at {RATE} tasks/s: {p99:.1f} ms   target: < 50 ms")

@@ -1,4 +1,5 @@
-"""The AsyncAPI document of /api/ws (issue 11): valid for the official parser, and
+"""The AsyncAPI document of /api/ws (issue 11; the gateway socket's channel is
+checked in test_gateway_ws.py): valid for the official parser, and
 true of the server in both directions: every message a live server sends matches
 its schema, client messages the schemas allow are accepted and ones they forbid are
 refused."""
@@ -20,6 +21,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from ezdash.agent import PermanentError, TaskContext
+from ezdash.api import gateway_ws
 from ezdash.api.asyncapi import RECEIVED, SENT, asyncapi_document
 
 from .conftest import ADMIN_KEY, REPO, Api, Fleet, wait_for
@@ -64,7 +66,8 @@ async def test_served_document_is_valid_for_the_asyncapi_parser(api: Api, tmp_pa
     assert proc.returncode == 0 and problems == [], (problems, err.decode()[-2000:])
     parsed = next(d for d in lines if d.get("parsed"))
     assert parsed["version"].startswith("3.")
-    assert sorted(parsed["messages"]) == sorted([*SENT, *RECEIVED])
+    gateway = [*gateway_ws.SENT, *gateway_ws.OPS]  # its own channel (test_gateway_ws.py)
+    assert sorted(parsed["messages"]) == sorted([*SENT, *RECEIVED, *gateway])
 
 
 async def test_every_message_a_live_server_sends_matches_the_document(

@@ -152,6 +152,11 @@ async def test_a_task_is_finished_only_by_its_holder(api: Api) -> None:
     task = await take(api, key, "ci-1", ["code"])
     assert task["id"] == tid and task["attempt"] == 1 and task["payload"] == {"n": 1}
     token = task["lease"]["token"]
+    # the task as the take script left it: what a read finds now
+    stored = (await api.get(f"/api/tasks/{tid}")).json
+    stored.pop("history")
+    assert {k: v for k, v in task.items() if k not in ("attempt", "lease")} == stored
+    assert stored["status"] == "running" and stored["agent_id"] == "ci-1"
     # another key cannot use the token (it names an agent outside its glob) ...
     r = await api.post(
         f"{V1}/tasks/{tid}/finish",
@@ -176,11 +181,54 @@ async def test_a_task_is_finished_only_by_its_holder(api: Api) -> None:
     )
     assert r.status == 200 and r.json["task"]["status"] == "succeeded", r.json
     assert r.json["task"]["result"] == {"ok": True}
-    # the same token again: the attempt is over
+    # answered from what the script left, which is what a read finds
+    assert r.json["task"] == {
+        k: v for k, v in (await api.get(f"/api/tasks/{tid}")).json.items() if k != "history"
+    }
+    # the same token again: the attempt is over; the answer says what the task is now
     r = await api.post(
         f"{V1}/tasks/{tid}/finish", json={"token": token, "status": "failed"}, headers=bearer(key)
     )
     assert r.status == 409 and r.json["type"].endswith("/lease-lost"), r.json
+    assert r.json["task_status"] == "succeeded", r.json
+    r = await api.post(f"{V1}/tasks/{tid}/lease", json={"token": token}, headers=bearer(key))
+    assert r.status == 409 and r.json["task_status"] == "succeeded", r.json
+
+
+async def test_task_outcomes_of_gateway_agents_reach_the_rollups(api: Api) -> None:
+    """The server counts what a gateway agent finishes, as a Redis agent counts its
+    own: completed and failed by agent and kind, with the attempt's duration; a retry
+    (failed, back to queued) is not an outcome."""
+    key = await agent_key(api)
+    await register(api, key, "ci-1", ["code"])
+    for payload in ({"n": 1}, {"n": 2}, {"n": 3}):
+        r = await api.post("/api/tasks", json={"type": "fix", "queue": "code", "payload": payload})
+        assert r.status == 201, r.json
+    finishes = [
+        {"status": "succeeded", "result": {}},
+        {"status": "failed", "error": {"type": "Boom", "message": "x", "permanent": True}},
+        {"status": "failed", "error": {"type": "Flaky", "message": "y"}},  # retried
+    ]
+    for body in finishes:
+        task = await take(api, key, "ci-1", ["code"])
+        r = await api.post(
+            f"{V1}/tasks/{task['id']}/finish",
+            json={"token": task["lease"]["token"], **body},
+            headers=bearer(key),
+        )
+        assert r.status == 200, r.json
+    assert r.json["task"]["status"] == "queued"
+
+    async def counted() -> dict[str, Any] | None:
+        q = "/api/metrics/performance?from=now-1h&group_by=kind&agent=ci-1"
+        perf: dict[str, Any] = (await api.get(q)).json
+        return perf if perf["totals"]["tasks_completed"] == 1 else None
+
+    perf = await wait_for(counted, 10, what="the outcomes to be rolled up")
+    assert perf["totals"]["task_duration_p95_s"] is not None
+    h = await api.get("/api/analytics/history?metric=tasks_failed&agent=ci-1&from=now-1h")
+    assert h.status == 200 and sum(h.json["series"][0]["values"]["tasks_failed"]) == 1, h.json
+    assert [s["group"] for s in perf["series"]] == [{"kind": "ci"}]
 
 
 async def test_long_poll_gets_a_task_created_while_it_waits(api: Api) -> None:
@@ -241,7 +289,7 @@ async def test_commands_reach_an_http_agent_and_its_reports_count(api: Api) -> N
         r = await api.post(f"{V1}/commands/{cid}", json={"status": status}, headers=bearer(key))
         assert r.status == 200 and r.json["command"]["status"] == status, r.json
     r = await api.post(f"{V1}/commands/{cid}", json={"status": "failed"}, headers=bearer(key))
-    assert r.status == 409, r.json
+    assert r.status == 409 and r.json["command_status"] == "completed", r.json
     assert (await api.get("/api/agents/ci-1")).json["restarts"] == 1  # counted by the server
     outsider = await agent_key(api, ids="zz-*")
     r = await api.post(f"{V1}/commands/{cid}", json={"status": "failed"}, headers=bearer(outsider))

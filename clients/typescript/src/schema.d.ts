@@ -824,6 +824,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/agent/v1/agents/{agent_id}/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** WebSocket (upgrade) for this agent: send heartbeat, take, lease, finish or command messages, receive a reply to each and this agent's commands as they are created (AsyncAPI: /api/asyncapi.json, channel agentGateway) */
+        get: operations["getAgentSocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1372,6 +1389,30 @@ export interface components {
             /** Error */
             error: string | null;
         };
+        /**
+         * CommandConflict
+         * @description 409 of a command report: the command is no longer in a state that allows it.
+         */
+        CommandConflict: {
+            /** Type */
+            type: string;
+            /** Title */
+            title: string;
+            /** Status */
+            status: number;
+            /** Detail */
+            detail: string;
+            /**
+             * Errors
+             * @default null
+             */
+            errors?: components["schemas"]["FieldError"][] | null;
+            /**
+             * Command Status
+             * @description The status the command has.
+             */
+            command_status: string;
+        };
         /** CommandEnvelope */
         CommandEnvelope: {
             command: components["schemas"]["Command"];
@@ -1820,6 +1861,30 @@ export interface components {
             token: string;
             /** Expires At */
             expires_at: string;
+        };
+        /**
+         * LeaseLost
+         * @description 409 of the gateway's lease and finish: the attempt is no longer the caller's.
+         */
+        LeaseLost: {
+            /** Type */
+            type: string;
+            /** Title */
+            title: string;
+            /** Status */
+            status: number;
+            /** Detail */
+            detail: string;
+            /**
+             * Errors
+             * @default null
+             */
+            errors?: components["schemas"]["FieldError"][] | null;
+            /**
+             * Task Status
+             * @description What the task is now (gone: deleted).
+             */
+            task_status: string;
         };
         /** LeaseRenew */
         LeaseRenew: {
@@ -7477,7 +7542,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["LeaseLost"];
                 };
             };
             /** @description Body over the limit */
@@ -7594,7 +7659,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["LeaseLost"];
                 };
             };
             /** @description Body over the limit */
@@ -7711,7 +7776,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["CommandConflict"];
                 };
             };
             /** @description Body over the limit */
@@ -7734,6 +7799,99 @@ export interface operations {
             };
             /** @description A field failed validation; `errors` names it */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unavailable; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getAgentSocket: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's own id. */
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switching Protocols */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed request (bad JSON, unknown parameter, bad cursor) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Credentials lack the needed scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or a cursor for no page */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field failed validation; `errors` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not a WebSocket upgrade request */
+            426: {
                 headers: {
                     [name: string]: unknown;
                 };

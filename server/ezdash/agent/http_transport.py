@@ -13,8 +13,8 @@ Two differences are the protocol's:
 - a forced stop cannot give running tasks back (there is no abandon endpoint): the
   agent stops renewing their leases and exits, and the server's maintenance
   reclaims them after the visibility timeout;
-- task outcomes are counted by the server's task metrics only, not in the agent's
-  usage rollups (``record_task`` writes nothing).
+- task outcomes are counted in the rollups by the server, when the finish lands
+  (``record_task`` writes nothing here, so nothing is counted twice).
 
 Retrying: network errors, 5xx and 429 (honouring ``Retry-After``) are retried with
 exponential back-off and full jitter, a bounded number of times; then the call
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import socket
 import time
 import uuid
@@ -40,9 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import aiohttp
 import orjson
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
-from tornado.iostream import StreamClosedError
 
 from .. import __version__
 from ..aio import reraise_if_cancelling
@@ -119,7 +117,7 @@ class HttpTransport:
         self.base = url.rstrip("/")
         self.retry = retry or Retry()
         self._auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        self._client = AsyncHTTPClient(force_instance=True, max_clients=config.concurrency + 8)
+        self._session: aiohttp.ClientSession | None = None  # made in the loop, on first call
         self._me = f"{V1}/agents/{quote(agent_id, safe='')}"
         self._tokens: dict[str, str] = {}  # task id -> lease token, while it runs
         self._registered: tuple[Any, ...] | None = None  # what the last PUT said
@@ -139,30 +137,33 @@ class HttpTransport:
     ) -> tuple[int, Any]:
         """One gateway call, retried through network trouble, 5xx and 429: the status
         and the decoded body of a 2xx or of a status in ``answers``."""
+        session = self._client()
+        payload = orjson.dumps(body) if body is not None else b"{}"
+        hdrs = {**self._auth, **(headers or {})}
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        why = ""
         for n in range(self.retry.attempts):
-            req = HTTPRequest(
-                self.base + path,
-                method=method,
-                body=orjson.dumps(body) if body is not None else b"{}",
-                headers={**self._auth, **(headers or {})},
-                request_timeout=timeout_s,
-            )
+            code, data, retry_after = 599, b"", None
             try:
-                resp = await self._client.fetch(req, raise_error=False)
-            except (OSError, HTTPClientError, StreamClosedError) as e:  # no answer at all
+                async with session.request(
+                    method, self.base + path, data=payload, headers=hdrs, timeout=timeout
+                ) as resp:
+                    code, data = resp.status, await resp.read()
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+            except (OSError, aiohttp.ClientError, TimeoutError) as e:  # no answer at all
                 reraise_if_cancelling(e)
-                resp = HTTPResponse(req, 599, error=e)
-            code = resp.code
+                why = f"{type(e).__name__}: {e}"
             if 200 <= code < 300 or code in answers:
-                return code, orjson.loads(resp.body) if resp.body else None
+                return code, orjson.loads(data) if data else None
             trouble = code == 599 or code >= 500 or code == 429
             if not trouble:
-                detail = _detail(resp.body or b"")
+                detail = _detail(data)
                 log.error("%s: %s %s refused: %d %s", self.agent_id, method, path, code, detail)
                 raise GatewayRefused(code, method, path, detail)
-            why = str(resp.error) if code == 599 else f"{code} {_detail(resp.body or b'')}"
+            if code != 599:
+                why = f"{code} {_detail(data)}"
             if n + 1 < self.retry.attempts:
-                pause = self.retry.pause(n, _retry_after(resp.headers.get("Retry-After")))
+                pause = self.retry.pause(n, retry_after)
                 log.debug("%s: %s %s: %s; retry in %.2fs", self.agent_id, method, path, why, pause)
                 await asyncio.sleep(pause)
         raise GatewayUnavailable(f"{method} {path}: {why}")
@@ -263,9 +264,8 @@ class HttpTransport:
             }
         code, answer = await self.call("POST", f"{V1}/tasks/{d.id}/finish", body, answers=(409,))
         self._tokens.pop(d.id, None)
-        if code == 409:
-            found = re.search(r"\(it is (\w+)\)", str((answer or {}).get("detail", "")))
-            return "stale", found.group(1) if found else "reclaimed"
+        if code == 409:  # LeaseLost
+            return "stale", str((answer or {}).get("task_status") or "reclaimed")
         return "ok", str(answer["task"]["status"])
 
     async def abandon(self, d: Delivery) -> str:
@@ -282,8 +282,8 @@ class HttpTransport:
         )
         if code == 404:
             return "refused:unknown"
-        if code == 409:  # "command <id> is <status>"
-            return "refused:" + str((answer or {}).get("detail", "")).rsplit(" ", 1)[-1]
+        if code == 409:  # CommandConflict
+            return "refused:" + str((answer or {}).get("command_status", ""))
         return str(answer["command"]["status"])
 
     async def feed_commands(self, inbox: CommandInbox) -> None:
@@ -330,8 +330,24 @@ class HttpTransport:
             "POST", f"{self._me}/{what}", {name: items}, headers={"Idempotency-Key": batch_id}
         )
 
+    def _client(self) -> aiohttp.ClientSession:
+        """One session per agent: its connections are kept alive between calls (a
+        connection per call would cost the server an accept and a handshake each,
+        and the client a socket in TIME_WAIT).  Idle connections are closed before
+        the server's own idle timeout, so a reused one is rarely found closed."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.config.concurrency + 8, keepalive_timeout=10.0
+                ),
+                raise_for_status=False,
+            )
+        return self._session
+
     async def close(self) -> None:
-        self._client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class HttpUsageRecorder:
@@ -365,7 +381,7 @@ class HttpUsageRecorder:
     def record_task(
         self, ts_ms: int, *, agent: str, kind: str, queue: str, ok: bool, duration_ms: float
     ) -> None:
-        return None  # see the module docstring: the gateway has no such endpoint
+        return None  # the server counts it when the finish lands (module docstring)
 
     async def _ticker(self) -> None:
         while self._events or self._pending:

@@ -19,6 +19,7 @@ from . import (
     auth,
     control,
     gateway,
+    gateway_ws,
     health,
     logs,
     metrics,
@@ -43,6 +44,7 @@ HANDLER_MODULES = (
     analytics,
     ops,
     gateway,
+    gateway_ws,
 )
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 

@@ -210,50 +210,83 @@ def _name(kind: str) -> str:
     return "".join(part.capitalize() for part in kind.replace(".", "_").split("_"))
 
 
+def _channels() -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(name, channel fields, what the server sends, what it accepts) of each socket;
+    the gateway's messages are named after their models (its kinds repeat these)."""
+    from . import gateway_ws  # it imports the handlers; this module is imported by them
+
+    gw_sent = {m.__name__: (m, summary) for m, summary in gateway_ws.SENT.values()}
+    gw_received = {m.__name__: (m, summary) for m, summary in gateway_ws.OPS.values()}
+    return [
+        (
+            "realtime",
+            {"address": "/api/ws", "title": "The real-time WebSocket"},
+            {_name(kind): v for kind, v in SENT.items()},
+            {_name(kind): v for kind, v in RECEIVED.items()},
+        ),
+        (
+            "agentGateway",
+            {
+                "address": "/api/agent/v1/agents/{agent_id}/ws",
+                "title": "The agent gateway over one WebSocket (agent keys)",
+                "parameters": {"agent_id": {"description": "The agent's own id"}},
+            },
+            gw_sent,
+            gw_received,
+        ),
+    ]
+
+
 @cache
 def asyncapi_document() -> dict[str, Any]:
-    models = [m for m, _ in SENT.values()] + [m for m, _ in RECEIVED.values()]
+    channels_of = _channels()
+    models = [m for _, _, sent, got in channels_of for m, _ in (*sent.values(), *got.values())]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas = defs.get("$defs", {})
     messages: dict[str, Any] = {}
-    for kind, (model, summary) in {**SENT, **RECEIVED}.items():
-        messages[_name(kind)] = {
-            "name": kind,
-            "title": kind,
-            "summary": summary,
-            "contentType": "application/json",
-            "payload": {"$ref": REF.format(model=model.__name__)},
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for channel, fields, sent, received in channels_of:
+        for name, (model, summary) in {**sent, **received}.items():
+            literal = model.model_fields["type" if name in sent else "op"].annotation
+            kind = getattr(literal, "__args__", (name,))[0]
+            messages[name] = {
+                "name": kind,
+                "title": kind,
+                "summary": summary,
+                "contentType": "application/json",
+                "payload": {"$ref": REF.format(model=model.__name__)},
+            }
+        ref = f"#/channels/{channel}"
+        channels[channel] = {
+            **fields,
+            "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in {**sent, **received}},
         }
-    channel = "#/channels/realtime"
+        suffix = "" if channel == "realtime" else channel[0].upper() + channel[1:]
+        operations[f"sendUpdates{suffix}"] = {
+            "action": "send",
+            "title": "What the server sends",
+            "channel": {"$ref": ref},
+            "messages": [{"$ref": f"{ref}/messages/{n}"} for n in sent],
+        }
+        operations[f"receiveRequests{suffix}"] = {
+            "action": "receive",
+            "title": "What the server accepts",
+            "channel": {"$ref": ref},
+            "messages": [{"$ref": f"{ref}/messages/{n}"} for n in received],
+        }
     return {
         "asyncapi": "3.1.0",
         "info": {
             "title": "EzAugent Dashboard real-time API",
             "version": __version__,
             "description": "GET /api/ws: agents, tasks, queues, errors, alerts and logs as "
-            "they happen. Authenticate with a Bearer header or ?access_token=<JWT>.",
+            "they happen. Authenticate with a Bearer header or ?access_token=<JWT>. "
+            "GET /api/agent/v1/agents/{agent_id}/ws: the agent gateway on one socket "
+            "(Bearer agent key).",
         },
         "defaultContentType": "application/json",
-        "channels": {
-            "realtime": {
-                "address": "/api/ws",
-                "title": "The real-time WebSocket",
-                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
-            }
-        },
-        "operations": {
-            "sendUpdates": {
-                "action": "send",
-                "title": "What the server sends",
-                "channel": {"$ref": channel},
-                "messages": [{"$ref": f"{channel}/messages/{_name(kind)}"} for kind in SENT],
-            },
-            "receiveRequests": {
-                "action": "receive",
-                "title": "What the server accepts",
-                "channel": {"$ref": channel},
-                "messages": [{"$ref": f"{channel}/messages/{_name(kind)}"} for kind in RECEIVED],
-            },
-        },
+        "channels": channels,
+        "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
     }

@@ -94,6 +94,10 @@ class APIHandler(RequestHandler):
 
     scopes: dict[str, str | None] = {}
     actions: dict[str, str] = {}
+    audit_success = True
+    """False for an agent's protocol traffic (takes, finishes, heartbeats, batches):
+    thousands a minute that the task and agent records already keep; only its
+    refusals are audited (as every GET's 401, 403 and 429 are)."""
     query: dict[str, tuple[Param | Group, ...]] = {}
     """Query parameters each method takes (see ``params``); anything else is 400."""
     path: tuple[PathId, ...] = ()
@@ -178,9 +182,11 @@ class APIHandler(RequestHandler):
             self._auth = None
 
     def keep_header(self, name: str, value: str) -> None:
-        """A header every answer carries, including problem answers."""
+        """A header every answer carries, including problem answers (none once a
+        WebSocket is open: its messages have no headers)."""
         self._sticky[name] = value
-        self.set_header(name, value)
+        if getattr(self, "ws_connection", None) is None:
+            self.set_header(name, value)
 
     async def prepare(self) -> None:
         method = self.request.method or "GET"
@@ -358,11 +364,12 @@ class APIHandler(RequestHandler):
             return "jwt", token
         return None
 
-    async def authenticate(self, required: str | None) -> Principal:
-        """Who is calling, and charge their rate-limit budget, in one Redis call."""
+    async def authenticate(self, required: str | None, budget: str | None = None) -> Principal:
+        """Who is calling, and charge their rate-limit budget (the method's, unless
+        ``budget`` names one: a gateway socket's messages), in one Redis call."""
         svc = self.services
         s = svc.settings
-        budget = budget_for(self.request.method or "GET", required)
+        budget = budget or budget_for(self.request.method or "GET", required)
         if required is None:  # open endpoint: credentials, if any, are not looked at
             self._rate_here()
             return ANONYMOUS
@@ -507,6 +514,8 @@ class APIHandler(RequestHandler):
         status = self.get_status()
         if method == "OPTIONS" or (method in ("GET", "HEAD") and status not in (401, 403, 429)):
             return
+        if status < 400 and not self.audit_success:
+            return
         action = self.actions.get(method) or f"{method} {self.request.path}"
         path_args = getattr(self, "path_args", None)  # unset when Tornado refused the method
         target = self.audit_target or (path_args[0] if path_args else "")
@@ -554,21 +563,7 @@ class APIHandler(RequestHandler):
             raise Problem(400, f"body is not valid JSON: {e}", type="malformed-json") from e
         if not isinstance(data, dict):
             raise invalid("body", "must be a JSON object", 400)
-        try:
-            return model.model_validate(data)
-        except ValidationError as e:
-            errors = [
-                {"field": field_path(err), "message": err["msg"]}
-                for err in e.errors(include_url=False)
-            ]
-            names = ", ".join(x["field"] for x in errors)
-            raise Problem(
-                422,
-                f"invalid fields: {names}",
-                type="validation-error",
-                title="Invalid request",
-                errors=errors,
-            ) from e
+        return validated(model, data)
 
     def read_args(self) -> dict[str, Any]:
         """Check the query string and the path against what this method declares
@@ -688,6 +683,36 @@ class APIHandler(RequestHandler):
 
 
 ANONYMOUS = Principal("anonymous")
+
+
+def validated(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model``, or 422 naming every field that is wrong (a request body,
+    a gateway socket's message)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = [
+            {"field": field_path(err), "message": err["msg"]} for err in e.errors(include_url=False)
+        ]
+        names = ", ".join(x["field"] for x in errors)
+        raise Problem(
+            422,
+            f"invalid fields: {names}",
+            type="validation-error",
+            title="Invalid request",
+            errors=errors,
+        ) from e
+
+
+def require_upgrade(handler: RequestHandler) -> None:
+    """426 unless the request asks for a WebSocket (the socket endpoints' plain GET)."""
+    if handler.request.headers.get("Upgrade", "").lower() != "websocket":
+        raise Problem(
+            426,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+            type="upgrade-required",
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
 
 
 def field_path(err: Any) -> str:

@@ -25,6 +25,7 @@ class Problem(HTTPError):
         title: str | None = None,
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        members: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(status, log_message=None)
         self.detail = detail
@@ -32,6 +33,9 @@ class Problem(HTTPError):
         self.title = title or HTTPStatus(status).phrase
         self.errors = errors
         self.headers = headers or {}
+        self.members = members or {}
+        """Extension members (RFC 9457 section 3.2) a client acts on, so it never has
+        to parse ``detail`` (each documented by its own problem schema)."""
 
     def body(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -42,6 +46,7 @@ class Problem(HTTPError):
         }
         if self.errors:
             doc["errors"] = self.errors
+        doc.update(self.members)
         return doc
 
 

@@ -46,33 +46,16 @@ PREFIX = "/api/agent/v1"
 NOT_BOUND = "forbidden"
 
 
-class GatewayHandler(APIHandler):
-    """Base of every gateway endpoint: scope ``agent`` and the key's binding.
+class Gate:
+    """What an agent may do, for one principal: the binding checks and each operation
+    of the protocol, shared by the HTTP endpoints and the WebSocket (one
+    implementation of each state change, through the task and command scripts).
 
-    ``binding`` is None for an admin (it may act as any agent, on any queue); any
-    other principal reaching here holds an agent key, whose binding is loaded once
-    per key and process (it never changes)."""
+    ``binding`` None is an admin: any agent, any queue."""
 
-    binding: AgentBinding | None = None
-
-    async def prepare(self) -> None:
-        await super().prepare()
-        if self._finished or (self.request.method or "") == "OPTIONS":
-            return
-        p = self.principal
-        if "admin" in p.scopes:
-            self.binding = None
-        else:
-            binding = None
-            if p.kind == "key":
-                binding = await self.services.api_keys.binding(p.id.removeprefix("key:"))
-            if binding is None:
-                raise Problem(403, "the agent gateway needs an agent key", type=NOT_BOUND)
-            self.binding = binding
-        names = [spec.name for spec in self.path]
-        for name, value in zip(names, self.path_args, strict=False):
-            if name == "agent_id":
-                self.check_agent(value)
+    def __init__(self, services: Any, binding: AgentBinding | None) -> None:
+        self.services = services
+        self.binding = binding
 
     def check_agent(self, agent_id: str) -> None:
         if self.binding is not None and not self.binding.allows_id(agent_id):
@@ -101,72 +84,8 @@ class GatewayHandler(APIHandler):
         self.check_agent(lease.agent_id)
         return lease
 
-
-def _settings_doc(svc: Any) -> dict[str, float]:
-    s = svc.settings
-    return {
-        "heartbeat_interval_s": s.heartbeat_interval,
-        "visibility_timeout_s": s.visibility_timeout,
-    }
-
-
-class RegisterHandler(GatewayHandler):
-    """Register or update an agent's document (the agent is its only writer)."""
-
-    scopes = {"PUT": "agent"}
-    path = (AGENT_PATH,)
-    actions = {"PUT": "agent.register"}
-    docs = {
-        "PUT": Op(
-            "Register or update this agent",
-            {"200": ok("AgentRegistered"), "403": problem("Not an id or queue of this key")},
-            body=Body(AgentRegister),
-        )
-    }
-
-    async def put(self, agent_id: str) -> None:
-        body = self.json_body(AgentRegister)
-        self.check_queues(body.queues, "queues")
-        svc = self.services
-        old = await svc.agents.document(agent_id)
-        now = await svc.redis_now_ms()
-        doc = {
-            "id": agent_id,
-            "name": body.name or agent_id,
-            "kind": body.kind,
-            "status": (old or {}).get("status", "idle") if old else "idle",
-            "model": body.model,
-            "host": body.host or self.client_ip,
-            "pid": None,
-            "version": body.version,
-            "current_task": (old or {}).get("current_task"),
-            "started_at": (old or {}).get("started_at") or now,
-            "restarts": (old or {}).get("restarts", 0),  # counted here (_count_restart)
-            "tags": body.tags,
-            "queues": body.queues,
-            "concurrency": body.concurrency,
-            "transport": "http",
-        }
-        if doc["status"] in ("stopped", "unresponsive"):
-            doc["status"] = "idle"  # a registering agent is running again
-        await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
-        self.audit_target = agent_id
-        self.write_json({"agent": await svc.agents.get(agent_id), "settings": _settings_doc(svc)})
-
-
-class HeartbeatHandler(GatewayHandler):
-    scopes = {"POST": "agent"}
-    path = (AGENT_PATH,)
-    docs = {
-        "POST": Op(
-            "Heartbeat: renews the lease of the task it names; answers its pending commands",
-            {"200": ok("HeartbeatAnswer"), "404": problem("Not registered: PUT it again")},
-            body=Body(AgentHeartbeat),
-        )
-    }
-
-    async def post(self, agent_id: str) -> None:
-        body = self.json_body(AgentHeartbeat)
+    # -- the operations (the agent id, where there is one, is checked by the caller) --
+    async def heartbeat(self, agent_id: str, body: AgentHeartbeat) -> dict[str, Any]:
         svc = self.services
         if not await svc.scripts.run(
             "agent_heartbeat", [svc.keys.heartbeats], [svc.keys.base, agent_id]
@@ -187,13 +106,244 @@ class HeartbeatHandler(GatewayHandler):
             lease = self.held(tid.task_id, tid.token)
             if lease.agent_id != agent_id or not await svc.tasks.lease(lease, agent_id):
                 lost.append(tid.task_id)
-        self.write_json({"commands": await svc.commands.pending_for(agent_id), "lost": lost})
+        return {"commands": await svc.commands.pending_for(agent_id), "lost": lost}
+
+    async def take(self, agent_id: str, body: TakeRequest, gone: asyncio.Event) -> Delivery | None:
+        """The next task, waiting up to ``wait_s`` for one without holding a Redis
+        connection (one reader per instance wakes the waiters, ``store.wakeups``).
+        Nothing is taken once ``gone`` is set (the client left)."""
+        self.check_queues(body.queues, "queues")
+        svc = self.services
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(body.wait_s, svc.settings.agent_max_wait)
+        while not gone.is_set():
+            got = await svc.tasks.take(agent_id, body.queues)
+            if isinstance(got, Delivery):
+                return got
+            if got and not await self._woken(got, deadline - loop.time(), gone):
+                break
+        return None
+
+    async def _woken(
+        self, positions: list[tuple[str, str]], timeout_s: float, gone: asyncio.Event
+    ) -> bool:
+        """A wake-up for these streams, unless the client goes first (then nothing is
+        taken for it) or the time runs out."""
+        wake = asyncio.ensure_future(self.services.waker.wait(positions, timeout_s))
+        left = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait((wake, left), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+            if not wake.done():
+                wake.cancel()
+        return wake.done() and not wake.cancelled() and wake.result()
+
+    def delivered(self, agent_id: str, d: Delivery) -> tuple[Lease, dict[str, Any]]:
+        """The lease and the answer for a task taken: the task as the take script left
+        it (no second read), its attempt and its signed lease token."""
+        svc = self.services
+        lease = Lease(agent_id, d.id, d.attempt, d.entry)
+        snap = d.snapshot
+        if snap is None:  # the take script always returns it
+            raise RuntimeError("task_take returned no snapshot of the task")
+        expires = snap.now_ms + int(svc.settings.visibility_timeout * 1000)
+        lease_doc = {
+            "token": lease_token(svc.secrets.key_secret, lease),
+            "expires_at": format_ms(expires),
+        }
+        return lease, {"task": {**snap.doc, "attempt": d.attempt, "lease": lease_doc}}
+
+    async def renew(self, task_id: str, body: LeaseRenew) -> dict[str, Any]:
+        lease = self.held(task_id, body.token)
+        svc = self.services
+        held, status = await svc.tasks.renew(lease, lease.agent_id)
+        if not held:
+            raise lease_lost(task_id, status)
+        now = await svc.redis_now_ms()
+        return {"expires_at": format_ms(now + int(svc.settings.visibility_timeout * 1000))}
+
+    async def finish(self, task_id: str, body: TaskFinish) -> dict[str, Any]:
+        """Finish the attempt the token stands for; a final outcome is counted in the
+        agent's task rollups (as an agent on Redis counts its own)."""
+        lease = self.held(task_id, body.token)
+        svc = self.services
+        error = None
+        if body.status == "failed":
+            err = body.error
+            error = (err.type, err.message) if err is not None else ("Error", "")
+        outcome, status, snap = await svc.tasks.finish_answer(
+            lease,
+            lease.agent_id,
+            result=body.result,
+            error=error,
+            retryable=not (body.error is not None and body.error.permanent),
+            snapshot=True,
+        )
+        if outcome != "ok" or snap is None:
+            raise lease_lost(task_id, status or "gone")
+        if status in FINAL_OUTCOMES:
+            started = snap.started_ms if snap.started_ms is not None else snap.now_ms
+            svc.task_outcomes.record_task(
+                snap.now_ms,
+                agent=lease.agent_id,
+                kind=await svc.agent_kinds.of(svc.agents, lease.agent_id),
+                queue=str(snap.doc["queue"]),
+                ok=status == "succeeded",
+                duration_ms=float(max(0, snap.now_ms - started)),
+            )
+        return {"task": snap.doc}
+
+    async def report(self, command_id: str, body: CommandReport) -> dict[str, Any]:
+        """Acknowledge a command of an agent this key may act as, or say how it ended;
+        a completed restart is counted in the agent's document."""
+        svc = self.services
+        cmd = await svc.commands.get(command_id)
+        if cmd is None:
+            raise not_found("command", command_id)
+        self.check_agent(cmd["agent_id"])
+        status = await svc.commands.update(
+            command_id, body.status, agent_id=cmd["agent_id"], error=body.error or ""
+        )
+        if status != body.status:
+            now = status.removeprefix("refused:")
+            raise Problem(
+                409,
+                f"command {command_id} is {now}",
+                type="conflict",
+                members={"command_status": now},
+            )
+        if cmd.get("action") == "restart" and status == "completed":
+            await self._count_restart(cmd["agent_id"])
+        return {"command": await svc.commands.get(command_id)}
+
+    async def _count_restart(self, agent_id: str) -> None:
+        """The server writes an HTTP agent's document, so it counts its restarts (as the
+        Redis runtime counts its own): a completed restart, started again now."""
+        svc = self.services
+        doc = await svc.agents.document(agent_id)
+        if doc is not None:
+            doc["restarts"] = int(doc.get("restarts") or 0) + 1
+            doc["started_at"] = await svc.redis_now_ms()
+            await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
+
+
+FINAL_OUTCOMES = ("succeeded", "failed", "dead")
+"""Statuses a finish can end a task in (not ``queued``: a retry is not an outcome)."""
+
+
+class GatewayHandler(APIHandler):
+    """Base of every gateway endpoint: scope ``agent`` and the key's binding.
+
+    The binding is loaded once per key and process (it never changes) before any
+    handler runs, and the path's agent id is checked against it there; ``gate`` then
+    does the rest (queues, lease tokens, commands)."""
+
+    gate: Gate
+    audit_success = False  # register and command reports say otherwise
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self._finished or (self.request.method or "") == "OPTIONS":
+            return
+        await self.settle()  # a GET may still be checking its credential
+        p = self.principal
+        binding = None
+        if "admin" not in p.scopes:
+            if p.kind == "key":
+                binding = await self.services.api_keys.binding(p.id.removeprefix("key:"))
+            if binding is None:
+                raise Problem(403, "the agent gateway needs an agent key", type=NOT_BOUND)
+        self.gate = Gate(self.services, binding)
+        names = [spec.name for spec in self.path]
+        for name, value in zip(names, self.path_args, strict=False):
+            if name == "agent_id":
+                self.gate.check_agent(value)
+
+
+def lease_lost(task_id: str, status: str) -> Problem:
+    """409: the attempt is no longer the caller's; ``task_status`` says what became of
+    the task (``running`` again under another attempt, ``queued``, ``cancelled``...)."""
+    return Problem(
+        409,
+        f"the lease of {task_id} was lost (it is {status})",
+        type="lease-lost",
+        members={"task_status": status},
+    )
+
+
+def settings_doc(svc: Any) -> dict[str, float]:
+    s = svc.settings
+    return {
+        "heartbeat_interval_s": s.heartbeat_interval,
+        "visibility_timeout_s": s.visibility_timeout,
+    }
+
+
+class RegisterHandler(GatewayHandler):
+    """Register or update an agent's document (the agent is its only writer)."""
+
+    audit_success = True
+    scopes = {"PUT": "agent"}
+    path = (AGENT_PATH,)
+    actions = {"PUT": "agent.register"}
+    docs = {
+        "PUT": Op(
+            "Register or update this agent",
+            {"200": ok("AgentRegistered"), "403": problem("Not an id or queue of this key")},
+            body=Body(AgentRegister),
+        )
+    }
+
+    async def put(self, agent_id: str) -> None:
+        body = self.json_body(AgentRegister)
+        self.gate.check_queues(body.queues, "queues")
+        svc = self.services
+        old = await svc.agents.document(agent_id)
+        now = await svc.redis_now_ms()
+        doc = {
+            "id": agent_id,
+            "name": body.name or agent_id,
+            "kind": body.kind,
+            "status": (old or {}).get("status", "idle") if old else "idle",
+            "model": body.model,
+            "host": body.host or self.client_ip,
+            "pid": None,
+            "version": body.version,
+            "current_task": (old or {}).get("current_task"),
+            "started_at": (old or {}).get("started_at") or now,
+            "restarts": (old or {}).get("restarts", 0),  # counted by Gate._count_restart
+            "tags": body.tags,
+            "queues": body.queues,
+            "concurrency": body.concurrency,
+            "transport": "http",
+        }
+        if doc["status"] in ("stopped", "unresponsive"):
+            doc["status"] = "idle"  # a registering agent is running again
+        await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
+        svc.agent_kinds.forget(agent_id)
+        self.audit_target = agent_id
+        self.write_json({"agent": await svc.agents.get(agent_id), "settings": settings_doc(svc)})
+
+
+class HeartbeatHandler(GatewayHandler):
+    scopes = {"POST": "agent"}
+    path = (AGENT_PATH,)
+    docs = {
+        "POST": Op(
+            "Heartbeat: renews the lease of the task it names; answers its pending commands",
+            {"200": ok("HeartbeatAnswer"), "404": problem("Not registered: PUT it again")},
+            body=Body(AgentHeartbeat),
+        )
+    }
+
+    async def post(self, agent_id: str) -> None:
+        self.write_json(await self.gate.heartbeat(agent_id, self.json_body(AgentHeartbeat)))
 
 
 class TakeHandler(GatewayHandler):
-    """Long poll for the next task.  Waiting holds no Redis connection (one reader per
-    instance wakes the waiters, ``store.wakeups``); a task taken for a client that
-    has gone is given back at once, not left to the visibility timeout."""
+    """Long poll for the next task; a task taken for a client that has gone is given
+    back at once, not left to the visibility timeout."""
 
     scopes = {"POST": "agent"}
     path = (AGENT_PATH,)
@@ -217,57 +367,19 @@ class TakeHandler(GatewayHandler):
         self._gone.set()
 
     async def post(self, agent_id: str) -> None:
-        body = self.json_body(TakeRequest)
-        self.check_queues(body.queues, "queues")
-        svc = self.services
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(body.wait_s, svc.settings.agent_max_wait)
-        while not self._gone.is_set():
-            got = await svc.tasks.take(agent_id, body.queues)
-            if isinstance(got, Delivery):
-                await self._deliver(agent_id, got)
+        d = await self.gate.take(agent_id, self.json_body(TakeRequest), self._gone)
+        if d is not None:
+            lease, answer = self.gate.delivered(agent_id, d)
+            if self._gone.is_set():
+                await self.services.tasks.abandon(lease, agent_id)
                 return
-            if got and not await self._woken(got, deadline - loop.time()):
-                break
-        if not self._gone.is_set():
+            try:
+                await self.finish(orjson.dumps(answer))
+            except StreamClosedError:
+                await self.services.tasks.abandon(lease, agent_id)
+        elif not self._gone.is_set():
             self.set_status(204)
             self.finish()
-
-    async def _woken(self, positions: list[tuple[str, str]], timeout_s: float) -> bool:
-        """A wake-up for these streams, unless the client goes first (then nothing is
-        taken for it) or the time runs out."""
-        wake = asyncio.ensure_future(self.services.waker.wait(positions, timeout_s))
-        gone = asyncio.ensure_future(self._gone.wait())
-        try:
-            await asyncio.wait((wake, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not wake.done():
-                wake.cancel()
-        return wake.done() and not wake.cancelled() and wake.result()
-
-    async def _deliver(self, agent_id: str, d: Delivery) -> None:
-        svc = self.services
-        lease = Lease(agent_id, d.id, d.attempt, d.entry)
-        task = await svc.tasks.get(d.id)
-        now = await svc.redis_now_ms()
-        answer = {
-            "task": {
-                **(task or {}),
-                "attempt": d.attempt,
-                "lease": {
-                    "token": lease_token(svc.secrets.key_secret, lease),
-                    "expires_at": format_ms(now + int(svc.settings.visibility_timeout * 1000)),
-                },
-            }
-        }
-        if self._gone.is_set():
-            await svc.tasks.abandon(lease, agent_id)
-            return
-        try:
-            await self.finish(orjson.dumps(answer))
-        except StreamClosedError:
-            await svc.tasks.abandon(lease, agent_id)
 
 
 class LeaseHandler(GatewayHandler):
@@ -276,58 +388,40 @@ class LeaseHandler(GatewayHandler):
     docs = {
         "POST": Op(
             "Renew the lease of a task this agent holds",
-            {"200": ok("LeaseAnswer"), "409": problem("The lease was lost (reclaimed)")},
+            {
+                "200": ok("LeaseAnswer"),
+                "409": problem("The lease was lost (reclaimed)", "LeaseLost"),
+            },
             body=Body(LeaseRenew),
         )
     }
 
     async def post(self, task_id: str) -> None:
-        body = self.json_body(LeaseRenew)
-        lease = self.held(task_id, body.token)
-        svc = self.services
-        if not await svc.tasks.lease(lease, lease.agent_id):
-            raise Problem(409, f"the lease of {task_id} was lost", type="lease-lost")
-        now = await svc.redis_now_ms()
-        expires = now + int(svc.settings.visibility_timeout * 1000)
-        self.write_json({"expires_at": format_ms(expires)})
+        self.write_json(await self.gate.renew(task_id, self.json_body(LeaseRenew)))
 
 
 class FinishHandler(GatewayHandler):
     scopes = {"POST": "agent"}
     path = (TASK_PATH,)
-    actions = {"POST": "agent.finish"}
     docs = {
         "POST": Op(
             "Finish a task this agent holds: succeeded with a result, or failed",
-            {"200": ok("TaskEnvelope"), "409": problem("The lease was lost: another holds it")},
+            {
+                "200": ok("TaskEnvelope"),
+                "409": problem("The lease was lost: another holds it", "LeaseLost"),
+            },
             body=Body(TaskFinish),
         )
     }
 
     async def post(self, task_id: str) -> None:
-        body = self.json_body(TaskFinish)
-        lease = self.held(task_id, body.token)
-        svc = self.services
-        error = None
-        if body.status == "failed":
-            err = body.error
-            error = (err.type, err.message) if err is not None else ("Error", "")
-        outcome, status = await svc.tasks.finish(
-            lease,
-            lease.agent_id,
-            result=body.result,
-            error=error,
-            retryable=not (body.error is not None and body.error.permanent),
-        )
-        if outcome != "ok":
-            raise Problem(
-                409, f"the lease of {task_id} was lost (it is {status})", type="lease-lost"
-            )
+        answer = await self.gate.finish(task_id, self.json_body(TaskFinish))
         self.audit_target = task_id
-        self.write_json({"task": await svc.tasks.get(task_id)})
+        self.write_json(answer)
 
 
 class CommandReportHandler(GatewayHandler):
+    audit_success = True
     scopes = {"POST": "agent"}
     path = (COMMAND_PATH,)
     actions = {"POST": "agent.command"}
@@ -337,40 +431,16 @@ class CommandReportHandler(GatewayHandler):
             {
                 "200": ok("CommandEnvelope"),
                 "404": problem("Unknown command"),
-                "409": problem("Not in a state that allows it"),
+                "409": problem("Not in a state that allows it", "CommandConflict"),
             },
             body=Body(CommandReport),
         )
     }
 
     async def post(self, command_id: str) -> None:
-        body = self.json_body(CommandReport)
-        svc = self.services
-        cmd = await svc.commands.get(command_id)
-        if cmd is None:
-            raise not_found("command", command_id)
-        self.check_agent(cmd["agent_id"])
-        status = await svc.commands.update(
-            command_id, body.status, agent_id=cmd["agent_id"], error=body.error or ""
-        )
-        if status != body.status:
-            raise Problem(
-                409, f"command {command_id} is {status.removeprefix('refused:')}", type="conflict"
-            )
-        if cmd.get("action") == "restart" and status == "completed":
-            await self._count_restart(cmd["agent_id"])
+        answer = await self.gate.report(command_id, self.json_body(CommandReport))
         self.audit_target = command_id
-        self.write_json({"command": await svc.commands.get(command_id)})
-
-    async def _count_restart(self, agent_id: str) -> None:
-        """The server writes an HTTP agent's document, so it counts its restarts (as the
-        Redis runtime counts its own): a completed restart, started again now."""
-        svc = self.services
-        doc = await svc.agents.document(agent_id)
-        if doc is not None:
-            doc["restarts"] = int(doc.get("restarts") or 0) + 1
-            doc["started_at"] = await svc.redis_now_ms()
-            await svc.agents.put(svc.scripts, doc, svc.settings.events_maxlen)
+        self.write_json(answer)
 
 
 def _stamped(handler: GatewayHandler, items: list[Any], name: str, agent_id: str) -> list[Any]:

@@ -771,6 +771,18 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
+class LeaseLost(Problem):
+    """409 of the gateway's lease and finish: the attempt is no longer the caller's."""
+
+    task_status: str = Field(description="What the task is now (gone: deleted).")
+
+
+class CommandConflict(Problem):
+    """409 of a command report: the command is no longer in a state that allows it."""
+
+    command_status: str = Field(description="The status the command has.")
+
+
 SCHEMAS: tuple[type[BaseModel], ...] = (
     Live,
     AgentRegistered,
@@ -798,6 +810,8 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     Health,
     Ready,
     Problem,
+    LeaseLost,
+    CommandConflict,
     ApiKey,
     ApiKeyCreated,
     KeyPage,

@@ -22,11 +22,11 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
 
 
-def problem(desc: str) -> dict[str, Any]:
-    """A problem+json answer."""
+def problem(desc: str, schema: str = "Problem") -> dict[str, Any]:
+    """A problem+json answer (``schema``: a Problem with extension members)."""
     return {
         "description": desc,
-        "content": {"application/problem+json": {"schema": ref("Problem")}},
+        "content": {"application/problem+json": {"schema": ref(schema)}},
     }
 
 

@@ -63,8 +63,10 @@ def operation_id(cls: type, method: str) -> str:
 
 
 def tag_of(cls: type) -> str:
-    """The module a handler lives in (``ezdash.api.agents`` -> ``agents``)."""
-    return str(cls.__module__).rsplit(".", 1)[-1]
+    """The module a handler lives in (``ezdash.api.agents`` -> ``agents``), unless the
+    handler names its tag (one area split over modules)."""
+    named: str | None = vars(cls).get("tag")
+    return named or str(cls.__module__).rsplit(".", 1)[-1]
 
 
 def documented(cls: type[APIHandler]) -> Mapping[str, Op]:

@@ -31,8 +31,7 @@ from .. import __version__
 from ..store.logs import LogFilter, is_stream_id, public, stream_id
 from ..store.tail import StreamTail, read_after
 from ..timeutil import format_ms, parse_time
-from .base import APIHandler
-from .errors import Problem
+from .base import APIHandler, require_upgrade
 from .opdocs import Op, problem
 from .services import Services
 
@@ -299,13 +298,7 @@ class RealtimeHandler(APIHandler, WebSocketHandler):
         await self.settle()  # no speculative upgrade: the check must pass first
 
     async def get(self, *args: str, **kwargs: str) -> None:
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            raise Problem(
-                426,
-                "this endpoint speaks WebSocket: send an Upgrade: websocket request",
-                type="upgrade-required",
-                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
-            )
+        require_upgrade(self)
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from ..alerts.evaluate import alert_loop
 from ..alerts.store import AlertStore
@@ -22,6 +23,7 @@ from ..keys import Keys
 from ..maintenance import maintenance_loop
 from ..metrics.pricing import PriceTable, load_price_table
 from ..metrics.query import Reader
+from ..metrics.recorder import UsageRecorder
 from ..metrics.rollup import Tier, parse_tiers
 from ..security.apikeys import KeyStore
 from ..security.audit import AuditLog
@@ -44,6 +46,32 @@ if TYPE_CHECKING:
     from .realtime import Hub  # realtime imports the handlers, which import this
 
 log = logging.getLogger("ezdash.services")
+
+
+class AgentKinds:
+    """Each gateway agent's ``kind`` (a dimension of its task outcomes), read from its
+    document once a minute at most: finishing a task costs no document read."""
+
+    def __init__(self, ttl_s: float = 60.0, size: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._kinds: dict[str, tuple[str, float]] = {}
+
+    async def of(self, agents: AgentStore, agent_id: str) -> str:
+        now = time.monotonic()
+        known = self._kinds.get(agent_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        doc = await agents.document(agent_id)
+        kind = str((doc or {}).get("kind") or "")
+        if len(self._kinds) >= self.size:
+            self._kinds.clear()  # rare: more agents than that in one minute
+        self._kinds[agent_id] = (kind, now + self.ttl_s)
+        return kind
+
+    def forget(self, agent_id: str) -> None:
+        """Its document changed here (a register): read it again next time."""
+        self._kinds.pop(agent_id, None)
 
 
 class RecentKeys:
@@ -95,6 +123,10 @@ class Services:
     log_tail: LogTail
     waker: QueueWaker
     """Wakes the gateway's long-polling agents (one blocking read per instance)."""
+    task_outcomes: UsageRecorder
+    """Task outcomes of the gateway's agents into the rollups (an agent on Redis
+    records its own): batched as an agent's recorder batches them."""
+    agent_kinds: AgentKinds
     redis_watch: RedisWatch
     open_limiter: LocalLimiter
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
@@ -108,6 +140,8 @@ class Services:
     deliveries: set[asyncio.Task[None]] = field(default_factory=set)
     hub: Hub | None = None
     """The realtime hub, made by the first WebSocket (``realtime.hub_for``)."""
+    agent_sockets: set[Any] = field(default_factory=set)
+    """Open gateway WebSockets (``gateway_ws``), closed when the server stops."""
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str) -> Services:
@@ -120,6 +154,7 @@ class Services:
         tiers = parse_tiers(settings.rollup_tiers)
         reader = Reader(redis, make_redis(redis_url, 16, decode=False), keys.metrics)
         pool, cache = AnalyticsPool(settings.analytics_workers), ResultCache()
+        prices = load_price_table(settings.prices_file)
         return cls(
             settings=settings,
             redis=redis,
@@ -147,7 +182,7 @@ class Services:
             audit=AuditLog(redis, keys, settings.audit_maxlen, watch=watch),
             budgets=limits,
             authorize=ScriptBatcher(redis, source("authorize")),
-            prices=load_price_table(settings.prices_file),
+            prices=prices,
             tiers=tiers,
             metrics=reader,
             pool=pool,
@@ -162,6 +197,8 @@ class Services:
             ),
             log_tail=LogTail(redis_url, keys),
             waker=QueueWaker(redis),
+            task_outcomes=UsageRecorder(redis, keys, tiers, prices),
+            agent_kinds=AgentKinds(),
             redis_watch=watch,
             open_limiter=LocalLimiter(limits["public"]),
         )
@@ -223,6 +260,8 @@ class Services:
         await self.audit.close(self.settings.shutdown_grace)
         await self.redis_watch.close()
         self.closing.set()
+        for sock in list(self.agent_sockets):
+            sock.close(1001, "server stopping: reconnect")
         for task in self.background:
             task.cancel()
         for task in self.background:
@@ -236,6 +275,8 @@ class Services:
             await self.hub.close()
         await self.log_tail.close()
         await self.waker.close()
+        with contextlib.suppress(RedisError, OSError):  # down: the counts are lost
+            await self.task_outcomes.close()
         await self.metrics.raw.aclose()
         await asyncio.to_thread(self.pool.close)
         await self.redis.aclose()

@@ -2,10 +2,20 @@
 -- current attempt can finish it: a late report from an agent whose task was
 -- reclaimed is answered 'stale' and changes nothing, so the record is finished once.
 -- KEYS[1] task hash.  ARGV: base, id, agent, attempt, outcome (succeeded|failed),
--- result_json, error_type, error_message, retryable (1|0), backoff_ms, maxlen.
+-- result_json, error_type, error_message, retryable (1|0), backoff_ms, maxlen[, with_doc].
+-- Returns {'ok', status} (with_doc '1': then now_ms and the task hash as field, value
+-- pairs, which the gateway answers with), {'stale', status} or {'gone'}.
 local tkey = KEYS[1]
 local id, agent, attempt, outcome = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, etype, emsg, retryable, backoff, maxlen = ARGV[6], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10]), ARGV[11]
+local function finished(status)
+  local out = {'ok', status}
+  if ARGV[12] == '1' then
+    table.insert(out, tostring(now))
+    for _, v in ipairs(redis.call('HGETALL', tkey)) do table.insert(out, v) end
+  end
+  return out
+end
 local f = redis.call('HMGET', tkey, 'status', 'agent_id', 'attempts', 'entry', 'limit')
 if not f[1] then return {'gone'} end
 local stream, queue = stream_of(tkey)
@@ -27,7 +37,7 @@ if outcome == 'succeeded' then
   bump(k('q', queue, 'done', minute), 900)
   bump(k('agent', agent, 'succeeded', minute), 7200)
   task_event(maxlen, tkey)
-  return {'ok', 'succeeded'}
+  return finished('succeeded')
 end
 local err = {type = etype, message = emsg}
 local errjson = cjson.encode(err)
@@ -58,4 +68,4 @@ else
   bump(k('q', queue, 'done', minute), 900)
 end
 task_event(maxlen, tkey)
-return {'ok', status}
+return finished(status)

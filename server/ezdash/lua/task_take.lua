@@ -1,7 +1,9 @@
 -- An agent takes the next task from its queues and starts it, in one step, so
 -- no task is ever delivered without being marked running (or skipped as stale).
 -- KEYS[1] events stream.  ARGV: base, agent_id, maxlen, queue...
--- Returns {'task', id, type, queue, priority, payload, attempts, max_attempts, entry},
+-- Returns {'task', id, type, queue, priority, payload, attempts, max_attempts, entry,
+-- now_ms, field1, value1, ...} (the task hash as it now is: the gateway answers from it
+-- without reading it again; other callers stop at entry),
 -- {'again'} when it skipped its budget of stale entries (call again at once), or
 -- {'empty', stream1, last_id1, stream2, last_id2, ...} for a blocking XREAD.
 local agent, maxlen = ARGV[2], ARGV[3]
@@ -38,7 +40,9 @@ for _, c in ipairs(candidates) do
         {attempt = attempts, agent_id = agent, started_at = now, status = 'running'}))
       task_event(maxlen, tkey)
       local t = redis.call('HMGET', tkey, 'type', 'queue', 'priority', 'payload', 'attempts', 'max_attempts')
-      return {'task', id, t[1], t[2], t[3], t[4], t[5], t[6], eid}
+      local out = {'task', id, t[1], t[2], t[3], t[4], t[5], t[6], eid, tostring(now)}
+      for _, v in ipairs(redis.call('HGETALL', tkey)) do table.insert(out, v) end
+      return out
     end
     forget_entry(stream, eid)
     budget = budget - 1  -- only skipped stale entries use up the budget

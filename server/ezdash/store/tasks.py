@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import orjson
@@ -86,6 +86,31 @@ class Delivery:
     attempt: int
     max_attempts: int
     entry: str
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
+    """The task as the take script left it (the gateway answers with it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A task's API document as a script left it, and the Redis time it ran at: what
+    the gateway answers with, so an answer costs no second read (and shows the state
+    the script made, not a later one)."""
+
+    now_ms: int
+    doc: dict[str, Any]
+    started_ms: int | None = None
+    """When the current (or last) attempt started, Redis time."""
+
+    @classmethod
+    def of(cls, tail: list[str]) -> Snapshot:
+        """From a script's ``now_ms, field, value, ...`` tail."""
+        h = dict(zip(tail[1::2], tail[2::2], strict=True))
+        started = h.get("started_at")
+        return cls(
+            int(tail[0]),
+            task_doc([h.get(f) for f in FIELDS]),
+            int(started) if started else None,
+        )
 
 
 def _ms(value: str | None) -> str | None:
@@ -391,7 +416,7 @@ class TaskStore:
         if res[0] == "again":
             return []
         if res[0] == "task":
-            _, tid, ttype, queue, prio, payload, attempt, maxatt, entry = res
+            _, tid, ttype, queue, prio, payload, attempt, maxatt, entry = res[:9]
             return Delivery(
                 tid,
                 ttype,
@@ -401,6 +426,7 @@ class TaskStore:
                 int(attempt),
                 int(maxatt),
                 entry,
+                Snapshot.of(res[9:]) if len(res) > 9 else None,
             )
         return list(zip(res[1::2], res[2::2], strict=True))
 
@@ -416,6 +442,23 @@ class TaskStore:
     ) -> tuple[str, str]:
         """Report an attempt's outcome.  Returns ('ok', new status) or ('stale', status)
         when the attempt is no longer this agent's (reclaimed, cancelled)."""
+        outcome, status, _ = await self.finish_answer(
+            d, agent_id, result=result, error=error, retryable=retryable, backoff_s=backoff_s
+        )
+        return outcome, status
+
+    async def finish_answer(
+        self,
+        d: Held,
+        agent_id: str,
+        *,
+        result: Any = None,
+        error: tuple[str, str] | None = None,
+        retryable: bool = True,
+        backoff_s: float = 0.0,
+        snapshot: bool = False,
+    ) -> tuple[str, str, Snapshot | None]:
+        """``finish``, and with ``snapshot`` the task as the script left it."""
         etype, emsg = error or ("", "")
         res = await self.scripts.run(
             "task_finish",
@@ -432,15 +475,23 @@ class TaskStore:
                 1 if retryable else 0,
                 int(backoff_s * 1000),
                 self.maxlen,
+                1 if snapshot else 0,
             ],
         )
-        return res[0], res[1] if len(res) > 1 else ""
+        snap = Snapshot.of(res[2:]) if res[0] == "ok" and len(res) > 2 else None
+        return res[0], res[1] if len(res) > 1 else "", snap
 
     async def lease(self, d: Held, agent_id: str) -> bool:
+        """Renew the delivery's lease; False when the attempt is no longer this agent's."""
+        held, _ = await self.renew(d, agent_id)
+        return held
+
+    async def renew(self, d: Held, agent_id: str) -> tuple[bool, str]:
+        """``lease``, and the status the task has (``gone`` when deleted)."""
         res = await self.scripts.run(
             "task_lease", [self.keys.task(d.id)], [self.keys.base, d.id, agent_id, d.attempt]
         )
-        return bool(res[0] == "ok")
+        return res[0] == "ok", str(res[1])
 
     async def abandon(self, d: Held, agent_id: str) -> str:
         """Give a running task back to its queue (forced stop); not counted as an attempt."""
