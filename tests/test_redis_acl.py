@@ -6,7 +6,8 @@ allowed commands on keys the agent patterns cover.  Live, on each supported Redi
 direct agent logged in as the agent user does all the runtime does while Redis logs no
 denial (``ACL LOG``), what agents must not reach is refused, the server works as its
 user, and the default user is closed.  ``ezdash serve``: the demo fleet runs as the
-agent user, and the passwords survive a restart."""
+agent user, and the passwords survive a restart.  ``ezdash redis-acl``: its commands
+make the same users on a Redis of one's own."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from redis.retry import Retry
 
 from ezdash.agent import PermanentError, TaskContext
 from ezdash.api.services import Services
+from ezdash.cli import main
 from ezdash.keys import Keys
 from ezdash.redis_acl import (
     AGENT_COMMANDS,
@@ -466,3 +468,32 @@ async def test_serve_runs_the_demo_fleet_as_the_agent_user_and_keeps_passwords(
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)
+
+
+# -- ezdash redis-acl ----------------------------------------------------------------
+async def test_redis_acl_commands_make_the_users_on_ones_own_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = RedisServer(tmp_path / "redis", appendonly=False)  # no ACL: the operator's Redis
+    own.start()
+    try:
+        assert main(["redis-acl", "--redis-url", own.url]) == 0
+        out, err = capsys.readouterr()
+        admin = redis.Redis.from_url(own.url)
+        try:
+            for line in out.splitlines():
+                assert admin.execute_command(*line.split()) == b"OK"
+        finally:
+            admin.close()
+        server_url = re.findall(rf"redis://{SERVER_USER}:[^@\s]+@\S+", err)[0]
+        agent_url = re.findall(rf"redis://{AGENT_USER}:[^@\s]+@\S+", err)[0]
+        await task_done_by_an_agent(server_url, agent_url, tmp_path)
+        agent = redis.Redis.from_url(agent_url)
+        try:
+            with pytest.raises(NoPermissionError):
+                agent.xrevrange(KEYS.audit, count=1)
+        finally:
+            agent.close()
+        assert [d for d in denials(server_url) if d["object"] != KEYS.audit] == []
+    finally:
+        own.stop()

@@ -42,7 +42,8 @@ its data directory (``users.acl``) instead of ``ACL SETUSER`` calls after it sta
 The passwords are generated once into ``passwords.json`` (mode 0600) beside it, so a
 restart keeps the credentials every client holds; ``ezdash serve`` writes URLs with
 them to ``EZ_DATA_DIR/redis.url`` (server) and ``EZ_DATA_DIR/redis-agent.url`` (agents),
-both 0600.
+both 0600.  For a Redis of your own, ``ezdash redis-acl`` prints the same users as
+``ACL SETUSER`` commands.
 """
 
 from __future__ import annotations
@@ -313,6 +314,18 @@ def aclfile_text(creds: Credentials, prefix: str, version: RedisVersion) -> str:
     return "".join("user " + " ".join(r) + "\n" for r in user_rules(creds, prefix, version))
 
 
+def setuser_commands(creds: Credentials, prefix: str, version: RedisVersion) -> list[list[str]]:
+    """``ACL SETUSER`` commands creating both users on a Redis of your own (the
+    ``default`` user is left alone: disable it once nothing uses it)."""
+    out = []
+    for user, *rules in user_rules(creds, prefix, version):
+        if user == "default":
+            continue
+        rules = [">" + creds.password(user) if r.startswith("#") else r for r in rules]
+        out.append(["ACL", "SETUSER", user, *rules])
+    return out
+
+
 def with_credentials(url: str, user: str, password: str) -> str:
     """``url`` logging in as ``user``: ``redis://user:password@host:port/db``."""
     parts = urlsplit(url)
@@ -325,3 +338,33 @@ def without_credentials(url: str) -> str:
     """``url`` with any user and password taken out (for logs and messages)."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def parse_version(text: str) -> RedisVersion:
+    """``7.0.15`` or ``6.2`` -> (7, 0), (6, 2)."""
+    major, minor = [*text.split("."), "0"][:2]
+    return int(major), int(minor)
+
+
+def setup_for_own_redis(
+    prefix: str, version: RedisVersion, url: str | None
+) -> tuple[list[str], list[str]]:
+    """``ezdash redis-acl``: (commands for redis-cli, notes for the operator) creating
+    both users with fresh passwords on a Redis of your own.  The notes carry the URLs
+    each side connects with, shown this once, like a new API key."""
+    creds = Credentials(server=secrets.token_urlsafe(32), agent=secrets.token_urlsafe(32))
+    commands = [" ".join(c) for c in setuser_commands(creds, prefix, version)]
+    base = without_credentials(url) if url else "redis://HOST:PORT/0"
+    notes = [
+        f"ACL users for key prefix {prefix!r}, rules for Redis {version[0]}.{version[1]};",
+        "run the commands on stdout as an admin: ezdash redis-acl | redis-cli -u ADMIN_URL",
+        f"ezdash serve, ezdash analyst, ezdash keys: REDIS_URL="
+        f"{with_credentials(base, SERVER_USER, creds.server)}",
+        f"direct agents (ezdash demo, Agent(redis_url=...)): "
+        f"{with_credentials(base, AGENT_USER, creds.agent)}",
+        "the passwords are shown this once. Keep the users across restarts with ACL SAVE "
+        "(aclfile) or CONFIG REWRITE; once nothing logs in as 'default': "
+        "ACL SETUSER default off (but keep its rights: Redis 7.0 replays the AOF as "
+        "that user, and refuses what it may not do)",
+    ]
+    return commands, notes
