@@ -76,6 +76,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--no-producer", action="store_true", help="do not create demo tasks")
     _child(d)
 
+    r = sub.add_parser(
+        "redis-acl",
+        help="print ACL SETUSER commands creating the server and agent users on your Redis",
+    )
+    _common(r)
+    r.add_argument(
+        "--redis-version",
+        help="MAJOR.MINOR of that redis-server (default: asked of REDIS_URL, else 7.0)",
+    )
+
     sub.add_parser(
         "openapi",
         help="print the OpenAPI document the server serves (what clients are generated from)",
@@ -141,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .keyscli import run_keys
 
         return asyncio.run(run_keys(settings, args))
+    if args.command == "redis-acl":
+        return _redis_acl(settings, args.redis_version)
     if args.command == "backfill":
         if args.days <= 0 or args.agents <= 0:
             print("ezdash backfill: --days and --agents must be positive", file=sys.stderr)
@@ -166,6 +178,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_demo(settings, n, args.speed, not args.no_producer))
         return 0
     return 2
+
+
+def _redis_acl(settings: Settings, version: str | None) -> int:
+    import redis as sync_redis
+
+    from .redis_acl import parse_version, setup_for_own_redis
+
+    if version is None and settings.redis_url:
+        client = sync_redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        try:
+            version = str(client.info("server")["redis_version"])
+        finally:
+            client.close()
+    commands, notes = setup_for_own_redis(
+        settings.redis_prefix, parse_version(version or "7.0"), settings.redis_url
+    )
+    print("\n".join(commands))  # stdout: only what redis-cli runs
+    for line in notes:
+        print(f"ezdash redis-acl: {line}", file=sys.stderr)
+    return 0
 
 
 async def _backfill(settings: Settings, days: float, agents: int, seed: int) -> None:

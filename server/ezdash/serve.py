@@ -9,6 +9,10 @@ When this process is killed outright (SIGKILL, the OOM killer), every child stil
 within a few seconds: the embedded Redis gets SIGTERM from the kernel
 (``redis_server.popen_tied``), and the demo fleet, the analyst page and the analytics
 workers each watch their parent (``ezdash.lifeline``).
+
+The embedded Redis has two ACL users (``ezdash.redis_acl``): this process, the analyst
+page and the shell commands log in as the server user, the demo fleet as the agent user,
+the one direct agents get.  An operator's ``REDIS_URL`` is used as given, by all of them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from .aio import stop_on_signals
 from .api.app import make_app
 from .api.httpserver import Server, make_http_server
 from .api.services import Services
+from .redis_acl import without_credentials
 from .redis_server import RedisServer, die_with_parent
+from .security.secrets import write_private
 from .settings import Settings
 
 log = logging.getLogger("ezdash.serve")
@@ -47,12 +53,12 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        url_file = data_dir / "redis.url"
-        url = url_file.read_text().strip() if url_file.exists() else "its redis URL"
         handle.close()
+        # The file's name, not its content: the URL holds the server user's password.
         raise DataDirBusy(
             f"{data_dir} is in use by another ezdash; to run another instance on the same "
-            f"data, start it with REDIS_URL={url} (and another EZ_PORT)"
+            f"data, start it with REDIS_URL=$(cat {data_dir / 'redis.url'}) "
+            "(and another EZ_PORT)"
         ) from None
     return handle
 
@@ -115,11 +121,20 @@ async def serve(
     url = settings.redis_url
     if not url:
         lock = lock_data_dir(settings.data_dir)
-        embedded = RedisServer(settings.data_dir / "redis")
+        embedded = RedisServer(settings.data_dir / "redis", acl_prefix=settings.redis_prefix)
         url = await asyncio.to_thread(embedded.start)
-        (settings.data_dir / "redis.url").write_text(url + "\n")
-        log.info("embedded redis-server at %s (data in %s)", url, embedded.data_dir)
+        # With the passwords in them: only this user may read them (0600).
+        write_private(settings.data_dir / "redis.url", url + "\n")
+        write_private(settings.data_dir / "redis-agent.url", embedded.agent_url + "\n")
+        log.info(
+            "embedded redis-server at %s (data in %s; ACL users in %s)",
+            without_credentials(url),
+            embedded.data_dir,
+            embedded.acl_path,
+        )
 
+    # an operator's REDIS_URL: the demo fleet uses it as given
+    agent_url = embedded.agent_url if embedded is not None else url
     services = Services.create(settings, url)
     demo: asyncio.subprocess.Process | None = None
     analyst: asyncio.subprocess.Process | None = None
@@ -142,7 +157,7 @@ async def serve(
                 asyncio.create_task(first_run_history(services, url), name="first-run-history")
             )
         if settings.demo_agents > 0:
-            env = {"REDIS_URL": url, "EZ_REDIS_PREFIX": settings.redis_prefix}
+            env = {"REDIS_URL": agent_url, "EZ_REDIS_PREFIX": settings.redis_prefix}
             demo = await start_child(["demo", "--agents", str(settings.demo_agents)], env)
         if settings.analyst:
             # Its own process: charts and sessions never share this event loop.

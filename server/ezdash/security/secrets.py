@@ -29,6 +29,18 @@ class ServerSecrets:
         return hmac.new(self.key_secret, b"ezdash-fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read or write (0600), atomically: a reader never
+    sees half of it, and it is never readable by others, not even for a moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # a stale .tmp keeps its mode through O_CREAT
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def load_secrets(settings: Settings) -> ServerSecrets:
     stored: dict[str, str] = {}
     path = Path(settings.data_dir) / "secrets.json"
@@ -40,11 +52,7 @@ def load_secrets(settings: Settings) -> ServerSecrets:
         if "key_secret" not in stored or "jwt_secret" not in stored:
             stored.setdefault("key_secret", secrets.token_urlsafe(48))
             stored.setdefault("jwt_secret", secrets.token_urlsafe(48))
-            tmp = path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(stored, f)
-            os.replace(tmp, path)
+            write_private(path, json.dumps(stored))
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
     key = settings.key_secret.get_secret_value() if settings.key_secret else stored["key_secret"]
