@@ -179,6 +179,7 @@ AGENT_COMMANDS = (
     "set",
     "hexists",
     "hget",
+    "hgetall",  # task_take returns the task it started (the gateway answers with it)
     "hincrby",
     "hset",
     "incr",
