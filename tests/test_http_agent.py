@@ -30,11 +30,13 @@ Handler = Callable[[TaskContext], Coroutine[Any, Any, Any]]
 
 
 class HttpFleet(Fleet):
-    """HTTP agents started by a test, each in the test's event loop, with an agent key."""
+    """HTTP agents started by a test, each in the test's event loop, with an agent key;
+    ``socket``: on the gateway's WebSocket (``gateway_socket``) rather than requests."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, socket: bool = False) -> None:
         super().__init__("")
         self.api = api
+        self.socket = socket
 
     def make(self, agent_id: str, key: str, handler: Handler = ok_handler, **config: Any) -> Agent:
         cfg = AgentConfig(
@@ -46,6 +48,7 @@ class HttpFleet(Fleet):
                 "retry_backoff_s": 0.05,
                 "usage_flush_s": 0.1,
                 "log_flush_s": 0.1,
+                "gateway_socket": self.socket,
                 **config,
             }
         )
@@ -59,9 +62,10 @@ class HttpFleet(Fleet):
         return agent
 
 
-@pytest.fixture
-async def http_fleet(api: Api) -> AsyncIterator[HttpFleet]:
-    f = HttpFleet(api)
+@pytest.fixture(params=["requests", "socket"])
+async def http_fleet(api: Api, request: pytest.FixtureRequest) -> AsyncIterator[HttpFleet]:
+    """Every test of the HTTP agent runs over requests and over the socket."""
+    f = HttpFleet(api, socket=request.param == "socket")
     yield f
     await f.close()
 
@@ -118,6 +122,14 @@ async def test_tasks_usage_and_logs_over_http(api: Api, http_fleet: HttpFleet) -
     assert {e["task_id"] for e in mine} == set(ids)
     assert any(e["message"].startswith("agent started") for e in items)
     assert agent.completed == 5
+    # the server counted the outcomes (the transport writes no rollups itself)
+    async def outcomes() -> Any:
+        perf = (await api.get("/api/metrics/performance?from=now-1h&agent=py-1")).json
+        return perf if perf["totals"]["tasks_completed"] >= 5 else None
+
+    assert (await wait_for(outcomes, 10, what="outcomes"))["totals"]["tasks_completed"] == 5
+    sockets = {s.agent_id for s in api.services.agent_sockets}
+    assert ("py-1" in sockets) == http_fleet.socket, sockets
 
 
 async def test_restart_and_graceful_stop_over_http(api: Api, http_fleet: HttpFleet) -> None:

@@ -35,6 +35,7 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -97,12 +98,22 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to the back-off
 
 
-def _detail(body: bytes) -> str:
+def _decoded(body: bytes) -> Any:
+    """A JSON answer, or (an error page of a proxy) its text as a problem's detail."""
+    if not body:
+        return None
     try:
-        doc = orjson.loads(body) if body else {}
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:200].decode(errors="replace")
+        return {"detail": body[:200].decode(errors="replace")}
+
+
+def _detail(doc: Any) -> str:
     return str(doc.get("detail") or doc.get("title") or "") if isinstance(doc, dict) else ""
+
+
+Attempt = tuple[int, Any, float | None, str]
+"""One try of a call: status (599: no answer), decoded body, Retry-After, why not."""
 
 
 class HttpTransport:
@@ -123,6 +134,7 @@ class HttpTransport:
         self._registered: tuple[Any, ...] | None = None  # what the last PUT said
         self._commands: list[dict[str, Any]] = []
         self._commands_seen = asyncio.Event()
+        self._socket = GatewaySocket(self) if config.gateway_socket else None
 
     # -- calls ----------------------------------------------------------------------
     async def call(
@@ -134,39 +146,69 @@ class HttpTransport:
         answers: tuple[int, ...] = (),
         headers: dict[str, str] | None = None,
         timeout_s: float = 30.0,
+        op: str = "",
+        fields: dict[str, Any] | None = None,
     ) -> tuple[int, Any]:
         """One gateway call, retried through network trouble, 5xx and 429: the status
-        and the decoded body of a 2xx or of a status in ``answers``."""
+        and the decoded body of a 2xx or of a status in ``answers``.  With the socket
+        on, an operation it carries (``op``, the body plus ``fields``) goes over it,
+        with the same answers and the same retrying."""
+        if op and self._socket is not None:
+            sock = self._socket
+            message = {**(body or {}), **(fields or {})}
+
+            async def attempt() -> Attempt:
+                return await sock.attempt(op, message, timeout_s)
+
+            return await self._retrying(method, path, answers, attempt)
         session = self._client()
         payload = orjson.dumps(body) if body is not None else b"{}"
         hdrs = {**self._auth, **(headers or {})}
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        why = ""
-        for n in range(self.retry.attempts):
-            code, data, retry_after = 599, b"", None
+
+        async def request() -> Attempt:
             try:
                 async with session.request(
                     method, self.base + path, data=payload, headers=hdrs, timeout=timeout
                 ) as resp:
-                    code, data = resp.status, await resp.read()
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    return resp.status, _decoded(await resp.read()), retry_after, ""
             except (OSError, aiohttp.ClientError, TimeoutError) as e:  # no answer at all
                 reraise_if_cancelling(e)
-                why = f"{type(e).__name__}: {e}"
+                return 599, None, None, f"{type(e).__name__}: {e}"
+
+        return await self._retrying(method, path, answers, request)
+
+    async def _retrying(
+        self,
+        method: str,
+        path: str,
+        answers: tuple[int, ...],
+        attempt: Callable[[], Awaitable[Attempt]],
+    ) -> tuple[int, Any]:
+        why = ""
+        for n in range(self.retry.attempts):
+            code, doc, retry_after, why = await attempt()
             if 200 <= code < 300 or code in answers:
-                return code, orjson.loads(data) if data else None
+                return code, doc
             trouble = code == 599 or code >= 500 or code == 429
             if not trouble:
-                detail = _detail(data)
+                detail = _detail(doc)
                 log.error("%s: %s %s refused: %d %s", self.agent_id, method, path, code, detail)
                 raise GatewayRefused(code, method, path, detail)
             if code != 599:
-                why = f"{code} {_detail(data)}"
+                why = f"{code} {_detail(doc)}"
             if n + 1 < self.retry.attempts:
                 pause = self.retry.pause(n, retry_after)
                 log.debug("%s: %s %s: %s; retry in %.2fs", self.agent_id, method, path, why, pause)
                 await asyncio.sleep(pause)
         raise GatewayUnavailable(f"{method} {path}: {why}")
+
+    def pushed(self, command: dict[str, Any]) -> None:
+        """A command the socket pushed: obeyed as one a heartbeat answered with."""
+        if all(c.get("id") != command.get("id") for c in self._commands):
+            self._commands = [*self._commands, command]
+        self._commands_seen.set()
 
     # -- the agent ------------------------------------------------------------------
     async def now_ms(self) -> int:
@@ -201,12 +243,13 @@ class HttpTransport:
                 {"task_id": d.id, "token": self._tokens[d.id]} for d in held if d.id in self._tokens
             ],
         }
-        code, answer = await self.call("POST", f"{self._me}/heartbeat", body, answers=(404,))
+        beat = f"{self._me}/heartbeat"
+        code, answer = await self.call("POST", beat, body, answers=(404,), op="heartbeat")
         if code == 404:  # the server forgot us (a wiped Redis): register again
             log.info("%s: not registered at the gateway; registering again", self.agent_id)
             self._registered = None
             await self.register(doc)
-            code, answer = await self.call("POST", f"{self._me}/heartbeat", body)
+            code, answer = await self.call("POST", beat, body, op="heartbeat")
         self._commands = list(answer.get("commands") or [])
         self._commands_seen.set()
         return [str(t) for t in answer.get("lost") or []]
@@ -222,6 +265,7 @@ class HttpTransport:
             f"{self._me}/take",
             {"queues": queues, "wait_s": wait},
             timeout_s=wait + 30.0,
+            op="take",
         )
         if code == 204 or not answer:
             return None
@@ -262,7 +306,14 @@ class HttpTransport:
                 "message": error[1][:2000],
                 "permanent": not retryable,
             }
-        code, answer = await self.call("POST", f"{V1}/tasks/{d.id}/finish", body, answers=(409,))
+        code, answer = await self.call(
+            "POST",
+            f"{V1}/tasks/{d.id}/finish",
+            body,
+            answers=(409,),
+            op="finish",
+            fields={"task_id": d.id},
+        )
         self._tokens.pop(d.id, None)
         if code == 409:  # LeaseLost
             return "stale", str((answer or {}).get("task_status") or "reclaimed")
@@ -278,7 +329,12 @@ class HttpTransport:
     async def update_command(self, cid: str, status: str, error: str = "") -> str:
         body: dict[str, Any] = {"status": status, "error": error[:2000] or None}
         code, answer = await self.call(
-            "POST", f"{V1}/commands/{quote(cid, safe='')}", body, answers=(404, 409)
+            "POST",
+            f"{V1}/commands/{quote(cid, safe='')}",
+            body,
+            answers=(404, 409),
+            op="command",
+            fields={"command_id": cid},
         )
         if code == 404:
             return "refused:unknown"
@@ -345,9 +401,87 @@ class HttpTransport:
         return self._session
 
     async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class GatewaySocket:
+    """The gateway's WebSocket (``GET .../agents/{id}/ws``) for an agent that keeps
+    one open (``AgentConfig.gateway_socket``): heartbeats, takes, finishes and
+    command reports as messages, matched to their replies by id, and the commands
+    the server pushes.  Connected on first use and again after it closed (a server
+    restart): a call that met a closed socket is retried as a network error."""
+
+    def __init__(self, transport: HttpTransport) -> None:
+        self.transport = transport
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._waiting: dict[int, asyncio.Future[tuple[int, Any]]] = {}
+        self._next = 0
+
+    async def attempt(self, op: str, message: dict[str, Any], timeout_s: float) -> Attempt:
+        try:
+            status, data = await self.op(op, message, timeout_s)
+        except (OSError, aiohttp.ClientError, TimeoutError) as e:
+            reraise_if_cancelling(e)
+            return 599, None, None, f"{type(e).__name__}: {e}"
+        return status, data, None, ""
+
+    async def op(self, op: str, message: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+        ws = await self._connected()
+        self._next += 1
+        ident = self._next
+        reply: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = reply
+        try:
+            await ws.send_str(orjson.dumps({**message, "op": op, "id": ident}).decode())
+            return await asyncio.wait_for(reply, timeout_s)
+        finally:
+            self._waiting.pop(ident, None)
+
+    async def _connected(self) -> aiohttp.ClientWebSocketResponse:
+        async with self._lock:
+            if self._ws is None or self._ws.closed:
+                t = self.transport
+                ws = await t._client().ws_connect(f"{t.base}{t._me}/ws", headers=t._auth)
+                hello = await ws.receive_json(timeout=10.0)
+                if hello.get("type") != "hello":
+                    await ws.close()
+                    raise ConnectionError(f"the gateway socket said {hello!r} first")
+                self._ws = ws
+                self._reader = asyncio.ensure_future(self._read(ws))
+            return self._ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                doc = orjson.loads(msg.data)
+                if doc.get("type") == "reply":
+                    reply = self._waiting.get(doc.get("id"))
+                    if reply is not None and not reply.done():
+                        reply.set_result((int(doc["status"]), doc.get("data")))
+                elif doc.get("type") == "command":
+                    self.transport.pushed(doc["data"])
+        finally:
+            for reply in self._waiting.values():
+                if not reply.done():
+                    reply.set_exception(ConnectionError("the gateway socket closed"))
+            if self._ws is ws:
+                self._ws = None
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
 
 
 class HttpUsageRecorder:
