@@ -122,6 +122,7 @@ async def test_tasks_usage_and_logs_over_http(api: Api, http_fleet: HttpFleet) -
     assert {e["task_id"] for e in mine} == set(ids)
     assert any(e["message"].startswith("agent started") for e in items)
     assert agent.completed == 5
+
     # the server counted the outcomes (the transport writes no rollups itself)
     async def outcomes() -> Any:
         perf = (await api.get("/api/metrics/performance?from=now-1h&agent=py-1")).json
