@@ -1,8 +1,10 @@
 """The demo fleet over the agent gateway (issue 12): ``ezdash demo --url`` runs its
-agents over HTTP.
+agents over HTTP, and ``ezdash serve`` runs part of its own demo fleet through its own
+gateway, with an agent key it issues at start-up.
 
-Real processes on real sockets and the suite's real Redis: ``ezdash demo`` runs as a
-child process and everything is checked through the public API."""
+Real processes on real sockets and the suite's real Redis: ``ezdash demo`` and
+``ezdash serve`` start their fleets as child processes, as ``make run`` does, and
+everything is checked through the public API (and Redis once the server is gone)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from redis.asyncio import Redis
 
 from ezdash.agent.demo import HTTP_IDS, QUEUES, fleet_configs, http_count
+from ezdash.serve import DEMO_KEY_ID, demo_on_gateway, local_base
 from ezdash.settings import Settings
 
-from .conftest import Api, start_api, stop_api, wait_for
+from .conftest import ADMIN_KEY, FAST, Api, start_api, stop_api, wait_for
 from .test_gateway import agent_key
-from .test_persistence import call
+from .test_persistence import call, run_server
 
 FINISHED = ("succeeded", "failed", "dead")
 
@@ -126,3 +131,100 @@ def test_demo_refuses_http_without_a_server_or_key(
     args = ["demo", "--agents", "2", "--http-agents", "1", "--url", "http://x", "--key", "k"]
     assert main(args) == 2  # the other agent is on Redis, and there is none
     assert "REDIS_URL" in capsys.readouterr().err
+
+
+async def test_the_demo_key_is_issued_anew_and_never_accumulates(api: Api) -> None:
+    svc = api.services
+    store = svc.api_keys
+    saved = svc.settings
+    svc.settings = saved.model_copy(update={"demo_agents": 12})  # what serve starts with
+    args, env = await demo_on_gateway(svc, 8888)
+    first = env["EZ_DEMO_KEY"]
+    assert args == ["--http-agents", "3", "--url", "http://127.0.0.1:8888"]  # 12 agents
+    doc = await store.verify(first)
+    assert doc is not None and doc["id"] == DEMO_KEY_ID and doc["scopes"] == ["agent"]
+    assert doc["agent"] == {"ids": "demo-http-*", "queues": list(QUEUES)}
+    await store.revoke(DEMO_KEY_ID)  # by hand: stays dead, the next start issues another
+    _, env = await demo_on_gateway(svc, 8888)
+    second = env["EZ_DEMO_KEY"]
+    _, env = await demo_on_gateway(svc, 8888)
+    third = env["EZ_DEMO_KEY"]
+    assert len({first, second, third}) == 3
+    assert (await store.verify(first), await store.verify(second)) == (None, None)
+    live = await store.verify(third)
+    assert live is not None and live["revoked_at"] is None
+    assert [k["id"] for k in await store.all() if k["id"] == DEMO_KEY_ID] == [DEMO_KEY_ID]
+    r = await api.post("/api/auth/token", headers={"Authorization": f"Bearer {second}"})
+    assert r.status == 401
+    # an instance without HTTP agents (a second one on the same Redis, EZ_DEMO_AGENTS=0)
+    # leaves the key of the fleet that has them alone
+    for changes in ({"demo_agents": 0}, {"demo_agents": 12, "demo_http_share": 0.0}):
+        svc.settings = saved.model_copy(update=changes)
+        assert await demo_on_gateway(svc, 8888) == (["--http-agents", "0"], {})
+    svc.settings = saved
+    assert await store.verify(third) is not None
+
+
+def test_the_gateway_url_of_a_wildcard_listener() -> None:
+    assert local_base("0.0.0.0", 80) == "http://127.0.0.1:80"
+    assert local_base("::", 80) == "http://[::1]:80"
+    assert local_base("10.1.2.3", 80) == "http://10.1.2.3:80"
+
+
+async def one_start(settings: Settings, rds: Redis) -> str:
+    """``ezdash serve`` with a demo fleet of four, up and then stopped: checked as it
+    runs and after; returns when its demo key was issued."""
+    base, stop, server = await run_server(settings)
+    try:
+
+        async def fleet() -> list[dict[str, Any]] | None:
+            found = [a for a in await agents(base) if a["status"] in ("idle", "busy")]
+            return found if len(found) == 4 else None
+
+        found = {a["id"]: a.get("transport", "redis") for a in await wait_for(fleet, 30)}
+        assert found == {
+            "demo-researcher-001": "redis",
+            "demo-coder-002": "redis",
+            "demo-summarizer-003": "redis",
+            "demo-http-support-004": "http",
+        }, found
+        task = {"type": "answer_ticket", "queue": "support"}  # only the HTTP agent takes it
+        status, body = await call(base, "POST", "/api/tasks", task)
+        assert status == 201, body
+
+        async def done() -> Any:
+            path = "/api/tasks?agent=demo-http-support-004&status=succeeded"
+            return (await call(base, "GET", path))[1]["items"]
+
+        await wait_for(done, 20, what="a task completed by the HTTP agent")
+        _, listed = await call(base, "GET", "/api/auth/keys")
+        demo_keys = [k for k in listed["items"] if k["name"] == "demo fleet (HTTP agents)"]
+        assert [k["id"] for k in demo_keys] == [DEMO_KEY_ID], listed
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 30)
+    # the fleet stopped before the listener closed: the HTTP agent said so too
+    docs = await rds.hgetall("{ez}:agents")
+    statuses = {aid: orjson.loads(doc)["status"] for aid, doc in docs.items()}
+    assert set(statuses.values()) == {"stopped"}, statuses
+    return str(demo_keys[0]["created_at"])
+
+
+async def test_serve_runs_part_of_its_demo_fleet_over_its_own_gateway(
+    redis_url: str, rds: Redis, tmp_path: Path
+) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        port=0,
+        data_dir=tmp_path / "data",
+        admin_key=ADMIN_KEY,
+        demo_agents=4,  # one of them over HTTP: demo-http-support-004
+        analytics_workers=1,
+        agent_max_wait=0.5,  # an idle long poll ends soon, so the fleet stops soon
+        # not FAST's timings: the demo child reads its own from the environment, and a
+        # visibility timeout shorter than its heartbeat would reclaim what it runs
+        **{k: v for k, v in FAST.items() if k.startswith(("rate_", "backfill", "analyst"))},
+    )
+    first = await one_start(settings, rds)
+    second = await one_start(settings, rds)  # the same fleet, a new key, not another one
+    assert second > first

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     analyst_workers: int = Field(1, ge=1, le=16, description="Fit processes of the analyst page.")
 
     # -- the demo fleet over the agent gateway ----------------------------------------
+    demo_http_share: float = Field(
+        0.25, ge=0, le=1, description="Share of serve's demo fleet on its own agent gateway."
+    )
     demo_url: str | None = Field(
         None, pattern=r"^https?://\S+$", description="`ezdash demo`: the server of its HTTP agents."
     )

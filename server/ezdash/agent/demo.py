@@ -9,7 +9,8 @@ lines per task, so the log view has something true to show.
 Part of the fleet (or all of it) may run over the server's agent gateway instead of
 Redis (``http`` in :func:`run_fleet`): the same agents, kinds and numbering, with ids
 ``demo-http-<kind>-<nnn>`` so that one agent key (bound to :data:`HTTP_IDS` and
-:data:`QUEUES`) covers them and nothing else.
+:data:`QUEUES`) covers them and nothing else.  ``ezdash serve`` runs a share of its
+demo fleet that way (``EZ_DEMO_HTTP_SHARE``), so the HTTP path is used every day.
 """
 
 from __future__ import annotations
