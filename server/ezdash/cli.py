@@ -69,9 +69,26 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--data-dir", help="embedded Redis and secrets (env EZ_DATA_DIR)")
     _child(a)
 
-    d = sub.add_parser("demo", help="run a fleet of simulated agents against a Redis")
+    d = sub.add_parser(
+        "demo", help="run a fleet of simulated agents on a Redis and/or a server's agent gateway"
+    )
     _common(d)
     d.add_argument("--agents", type=int, default=None, help="how many (default EZ_DEMO_AGENTS)")
+    d.add_argument(
+        "--http-agents",
+        type=int,
+        default=None,
+        help="how many of them use the agent gateway (default: all with --url, else none)",
+    )
+    d.add_argument(
+        "--url", dest="demo_url", help="the server whose agent gateway they use (env EZ_DEMO_URL)"
+    )
+    d.add_argument(
+        "--key",
+        dest="demo_key",
+        help="their agent key, bound to 'demo-http-*' and the demo queues (better in env "
+        "EZ_DEMO_KEY: a command line shows in ps)",
+    )
     d.add_argument("--speed", type=float, default=1.0, help="time compression of LLM latency")
     d.add_argument("--no-producer", action="store_true", help="do not create demo tasks")
     _child(d)
@@ -103,6 +120,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "analyst_port",
         "data_dir",
         "demo_agents",
+        "demo_url",
+        "demo_key",
     )
     # `keys` also takes --data-dir: the same settings field
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
@@ -171,11 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "demo":
-        if not settings.redis_url:
-            print("ezdash demo: set REDIS_URL or --redis-url", file=sys.stderr)
-            return 2
         n = args.agents if args.agents is not None else settings.demo_agents
-        asyncio.run(_demo(settings, n, args.speed, not args.no_producer))
+        http = args.http_agents
+        if http is None:
+            http = n if settings.demo_url else 0
+        wrong = _demo_problem(settings, n, http)
+        if wrong:
+            print(f"ezdash demo: {wrong}", file=sys.stderr)
+            return 2
+        asyncio.run(_demo(settings, n, http, args.speed, not args.no_producer))
         return 0
     return 2
 
@@ -222,7 +245,22 @@ async def _backfill(settings: Settings, days: float, agents: int, seed: int) -> 
     )
 
 
-async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None:
+def _demo_problem(settings: Settings, n: int, http: int) -> str | None:
+    """What stops ``ezdash demo`` from starting, in the words of its options."""
+    if n < 0:
+        return "--agents must not be negative"
+    if not 0 <= http <= n:
+        return f"--http-agents must be between 0 and the number of agents ({n})"
+    if http and not settings.demo_url:
+        return "agents over HTTP need a server: set EZ_DEMO_URL or --url"
+    if http and settings.demo_key is None:
+        return "agents over HTTP need an agent key: set EZ_DEMO_KEY (or --key)"
+    if http < n and not settings.redis_url:
+        return "set REDIS_URL or --redis-url (or run every agent over HTTP with --url)"
+    return None
+
+
+async def _demo(settings: Settings, n: int, http: int, speed: float, produce: bool) -> None:
     from .agent.demo import run_fleet
 
     stop = asyncio.Event()
@@ -230,7 +268,7 @@ async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    assert settings.redis_url
+    grace = settings.shutdown_grace
     await run_fleet(
         settings.redis_url,
         n,
@@ -242,6 +280,11 @@ async def _demo(settings: Settings, n: int, speed: float, produce: bool) -> None
         produce_tasks=produce,
         log_maxlen=settings.log_maxlen,
         log_retention=settings.log_retention,
+        http=http,
+        url=settings.demo_url,
+        key=settings.demo_key.get_secret_value() if settings.demo_key else None,
+        # done before `ezdash serve` (which waits EZ_SHUTDOWN_GRACE for us) kills us
+        stop_within=max(grace - 1.0, grace / 2),
     )
 
 

@@ -1,9 +1,10 @@
 """``ezdash serve``: the API, the embedded Redis when no REDIS_URL is set, and the demo fleet.
 
-Shutdown order matters for "nothing lost": first readiness turns 503 and the
-listener closes, then the demo fleet stops gracefully (its agents report the
-tasks they hold), then our Redis clients close, and last the embedded Redis
-gets SIGTERM, which makes it fsync its AOF before exiting.
+Shutdown order matters for "nothing lost": first readiness turns 503, then the
+demo fleet stops gracefully (its agents report the tasks they hold: those on the
+agent gateway through this server, so the listener is still open), then the listener
+closes, then our Redis clients close, and last the embedded Redis gets SIGTERM, which
+makes it fsync its AOF before exiting.
 
 When this process is killed outright (SIGKILL, the OOM killer), every child still ends
 within a few seconds: the embedded Redis gets SIGTERM from the kernel
@@ -86,6 +87,53 @@ async def first_run_history(services: Services, redis_url: str) -> None:
     )
 
 
+DEMO_KEY_ID = "key_demo_fleet"
+"""The agent key of the demo fleet's HTTP agents: one record, issued anew at each start."""
+
+
+def local_base(host: str, port: int) -> str:
+    """This server's base URL as a process on the same host reaches it (a wildcard
+    listen address is reached on loopback)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def demo_on_gateway(services: Services, port: int) -> tuple[list[str], dict[str, str]]:
+    """The arguments and environment that put part of the demo fleet (``EZ_DEMO_HTTP_SHARE``)
+    on this server's own agent gateway, so the HTTP path is used whenever we run.
+
+    Its agent key is bound to the HTTP agents' ids (``demo-http-*``) and the demo
+    queues, and given to the child in its environment, not on its command line (which
+    ``ps`` shows).  It is issued anew at each start under one fixed id (``KeyStore.
+    replace``), because that is what an operator expects of a key the server makes for
+    itself: one entry in ``ezdash keys list`` however often it restarts; no secret kept
+    on disk to hand out again (only a digest is stored, so reuse would mean writing
+    the key down); the previous key dead at once, and one revoked by hand staying dead
+    (the next start issues another; ``EZ_DEMO_HTTP_SHARE=0`` turns them off).
+
+    With no HTTP agents to run, the key is left alone: another instance on the same
+    Redis (the README's second instance runs ``EZ_DEMO_AGENTS=0``) may be the one whose
+    fleet holds it, and one that no running process holds is only a digest in Redis.
+    The count is always passed, so an ``EZ_DEMO_URL`` in our environment (meant for a
+    standalone ``ezdash demo``) cannot put the whole fleet on some gateway.
+    """
+    from .agent.demo import HTTP_IDS, QUEUES, http_count
+    from .security.apikeys import AgentBinding
+
+    s = services.settings
+    n = http_count(s.demo_agents, s.demo_http_share)
+    if n == 0:
+        return ["--http-agents", "0"], {}
+    key = await services.api_keys.replace(
+        DEMO_KEY_ID,
+        "demo fleet (HTTP agents)",
+        ["agent"],
+        agent=AgentBinding(HTTP_IDS, QUEUES),
+        created_by="ezdash serve",
+    )
+    return ["--http-agents", str(n), "--url", local_base(s.host, port)], {"EZ_DEMO_KEY": key}
+
+
 async def start_child(args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     """``ezdash ARGS`` as a child that ends when this process does, however it ends.
 
@@ -106,6 +154,18 @@ async def start_child(args: list[str], env: dict[str, str]) -> asyncio.subproces
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
+
+
+async def stop_child(child: asyncio.subprocess.Process | None, grace: float) -> None:
+    """SIGTERM (its graceful stop), then SIGKILL if it has not ended within ``grace``."""
+    if child is None or child.returncode is not None:
+        return
+    child.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(child.wait(), grace)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
 
 
 async def serve(
@@ -156,9 +216,12 @@ async def serve(
             services.background.append(  # cancelled, not awaited, at shutdown
                 asyncio.create_task(first_run_history(services, url), name="first-run-history")
             )
+        over_http, http_env = await demo_on_gateway(services, port)
         if settings.demo_agents > 0:
-            env = {"REDIS_URL": agent_url, "EZ_REDIS_PREFIX": settings.redis_prefix}
-            demo = await start_child(["demo", "--agents", str(settings.demo_agents)], env)
+            env = {"REDIS_URL": agent_url, "EZ_REDIS_PREFIX": settings.redis_prefix, **http_env}
+            demo = await start_child(
+                ["demo", "--agents", str(settings.demo_agents), *over_http], env
+            )
         if settings.analyst:
             # Its own process: charts and sessions never share this event loop.
             env = {
@@ -187,17 +250,10 @@ async def serve(
         log.info("shutting down")
     finally:
         services.draining = True
+        await stop_child(demo, settings.shutdown_grace)  # while its HTTP agents reach us
         if server is not None:
             server.stop()
-        for child in (demo, analyst):
-            if child is None or child.returncode is not None:
-                continue
-            child.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.wait(), settings.shutdown_grace)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
+        await stop_child(analyst, settings.shutdown_grace)
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.close_all_connections(), settings.shutdown_grace)

@@ -188,6 +188,17 @@ class Settings(BaseSettings):
     analyst_port: int = Field(8889, ge=0, le=65535, description="Analyst page port.")
     analyst_workers: int = Field(1, ge=1, le=16, description="Fit processes of the analyst page.")
 
+    # -- the demo fleet over the agent gateway ----------------------------------------
+    demo_http_share: float = Field(
+        0.25, ge=0, le=1, description="Share of serve's demo fleet on its own agent gateway."
+    )
+    demo_url: str | None = Field(
+        None, pattern=r"^https?://\S+$", description="`ezdash demo`: the server of its HTTP agents."
+    )
+    demo_key: SecretStr | None = Field(
+        None, description="`ezdash demo`: the agent key of its HTTP agents (demo-http-*)."
+    )
+
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_header_bytes: int = Field(64 << 10, ge=4096, le=1 << 20, description="431 above it.")
     http_idle_timeout: Duration = 20.0

@@ -5,6 +5,12 @@ is simulated, with log-normal latency and the failure mix seen in practice
 (rate limits and timeouts that retry, a few bad requests that do not). Handlers log
 the way a real one would (the model called, token counts, provider trouble), a few
 lines per task, so the log view has something true to show.
+
+Part of the fleet (or all of it) may run over the server's agent gateway instead of
+Redis (``http`` in :func:`run_fleet`): the same agents, kinds and numbering, with ids
+``demo-http-<kind>-<nnn>`` so that one agent key (bound to :data:`HTTP_IDS` and
+:data:`QUEUES`) covers them and nothing else.  ``ezdash serve`` runs a share of its
+demo fleet that way (``EZ_DEMO_HTTP_SHARE``), so the HTTP path is used every day.
 """
 
 from __future__ import annotations
@@ -68,6 +74,26 @@ KINDS = (
         2.0,
     ),
 )
+
+
+QUEUES = tuple(sorted({q for k in KINDS for q in k.queues}))
+"""Every queue of the demo fleet: what an agent key for its HTTP agents is granted."""
+
+HTTP_PREFIX = "demo-http-"
+HTTP_IDS = HTTP_PREFIX + "*"
+"""The agent-id glob of the demo fleet's HTTP agents (their key's binding): it matches
+none of the fleet's Redis agents, so that key cannot act as one of them."""
+
+
+def http_count(n: int, share: float) -> int:
+    """How many of a fleet of ``n`` run over HTTP when ``share`` of it should: rounded,
+    but at least one once the fleet has two agents, so that a small ``make run`` uses
+    the HTTP path too (a fleet of one keeps its agent on Redis unless the share says
+    all of it)."""
+    if n <= 0 or share <= 0:
+        return 0
+    k = round(n * share)
+    return min(n, max(k, 1) if n >= 2 else k)
 
 
 class RateLimited(Exception):
@@ -155,7 +181,11 @@ def fleet_configs(
     seed: int = 7,
     log_maxlen: int = 1_000_000,
     log_retention: float = 7 * 86400.0,
+    http: int = 0,
 ) -> list[tuple[str, Kind, AgentConfig]]:
+    """The fleet of ``n``: ids, kinds and configurations.  The last ``http`` of them are
+    the HTTP agents (ids :data:`HTTP_PREFIX` ...); which ones and everything else about
+    them depend on ``n`` and ``http`` alone, so a restarted fleet is the same fleet."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -176,7 +206,8 @@ def fleet_configs(
             log_maxlen=log_maxlen,
             log_retention=log_retention,
         )
-        out.append((f"demo-{kind.name}-{i + 1:03d}", kind, cfg))
+        head = HTTP_PREFIX if i >= n - http else "demo-"
+        out.append((f"{head}{kind.name}-{i + 1:03d}", kind, cfg))
     return out
 
 
@@ -197,7 +228,7 @@ async def produce(tasks: TaskStore, rate_per_s: float, stop: asyncio.Event, seed
 
 
 async def run_fleet(
-    redis_url: str,
+    redis_url: str | None,
     n: int,
     *,
     prefix: str = "ez",
@@ -208,36 +239,57 @@ async def run_fleet(
     produce_tasks: bool = True,
     log_maxlen: int = 1_000_000,
     log_retention: float = 7 * 86400.0,
+    http: int = 0,
+    url: str | None = None,
+    key: str | None = None,
+    stop_within: float | None = None,
 ) -> None:
-    """Run n agents and a producer until ``stop`` is set, then stop them gracefully."""
+    """Run n agents and a producer until ``stop`` is set, then stop them gracefully.
+
+    The last ``http`` agents use the agent gateway at ``url`` with the agent ``key``,
+    the others Redis at ``redis_url`` (needed unless all are on HTTP; without it no
+    tasks are produced: create them through the API).  A graceful stop that has not
+    ended after ``stop_within`` seconds ends as a crash would (the agents that are
+    left vanish; the server reclaims their tasks after the visibility timeout): an
+    agent cannot report anything while its server is gone, and would otherwise retry
+    for a whole visibility timeout before giving up."""
+    if not 0 <= http <= n:
+        raise ValueError(f"http: 0 to {n} agents, not {http}")
+    if http and not (url and key):
+        raise ValueError("agents over HTTP need the gateway's url and an agent key")
+    if http < n and not redis_url:
+        raise ValueError("agents on Redis need redis_url")
     stop = stop or asyncio.Event()
     rng = random.Random(3)
-    agents = [
-        Agent(
-            aid,
-            make_handler(kind, random.Random(rng.random()), speed),
-            redis_url=redis_url,
-            config=cfg,
-        )
-        for aid, kind, cfg in fleet_configs(
-            n,
-            prefix=prefix,
-            heartbeat=heartbeat,
-            visibility=visibility,
-            log_maxlen=log_maxlen,
-            log_retention=log_retention,
-        )
-    ]
+    agents = []
+    for aid, kind, cfg in fleet_configs(
+        n,
+        prefix=prefix,
+        heartbeat=heartbeat,
+        visibility=visibility,
+        log_maxlen=log_maxlen,
+        log_retention=log_retention,
+        http=http,
+    ):
+        handler = make_handler(kind, random.Random(rng.random()), speed)
+        if aid.startswith(HTTP_PREFIX):
+            agents.append(Agent(aid, handler, url=url, key=key, config=cfg))
+        else:
+            agents.append(Agent(aid, handler, redis_url=redis_url, config=cfg))
     runs = [asyncio.create_task(a.run(), name=a.id) for a in agents]
+    for run in runs:
+        run.add_done_callback(_report_crash)
     producer = None
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    if produce_tasks and n:
+    redis = Redis.from_url(redis_url, decode_responses=True) if redis_url else None
+    if produce_tasks and n and redis is not None:
         keys = Keys(prefix)
         store = TaskStore(redis, keys, Scripts(redis), events_maxlen=100_000)
         mean_latency = sum(k.median_latency_s for k in KINDS) / len(KINDS) / speed
         rate = 0.6 * n / mean_latency  # keep the fleet about 60 % busy
         producer = asyncio.create_task(produce(store, rate, stop), name="producer")
-    log.info("demo fleet of %d agents running", n)
+    elif produce_tasks and n:
+        log.info("no Redis to create tasks in: the demo fleet takes the tasks created for it")
+    log.info("demo fleet of %d agents running (%d over HTTP at %s)", n, http, url or "-")
     try:
         await stop.wait()
     finally:
@@ -245,6 +297,31 @@ async def run_fleet(
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-        await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+        stops = {  # an agent that could not start has nothing to stop
+            asyncio.create_task(a.stop(), name=f"{a.id}:stop"): a
+            for a, run in zip(agents, runs, strict=True)
+            if not run.done()
+        }
+        if stops:
+            _, late = await asyncio.wait(stops, timeout=stop_within)
+            if late:
+                log.warning(
+                    "%d demo agents had not stopped after %.1fs: ending them",
+                    len(late),
+                    stop_within,
+                )
+                for t in late:
+                    t.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                await asyncio.gather(*(stops[t].kill() for t in late), return_exceptions=True)
+            await asyncio.gather(*stops, return_exceptions=True)
         await asyncio.gather(*runs, return_exceptions=True)
-        await redis.aclose()
+        if redis is not None:
+            await redis.aclose()
+
+
+def _report_crash(run: asyncio.Task[None]) -> None:
+    """An agent that could not start (over HTTP: a key that does not cover it) or that
+    failed ends alone; say so at once, not when the fleet stops."""
+    if not run.cancelled() and run.exception() is not None:
+        log.error("demo agent %s ended: %r", run.get_name(), run.exception())

@@ -193,6 +193,35 @@ class KeyStore:
                 await pipe.execute()
         return await self.get(kid)
 
+    async def replace(
+        self,
+        key_id: str,
+        name: str,
+        scopes: list[str],
+        *,
+        agent: AgentBinding | None = None,
+        created_by: str = "",
+    ) -> str:
+        """A new key under the fixed id ``key_id``, instead of the one it had: the old key
+        stops working at once and its record goes, so issuing one at every start (the
+        demo fleet's key) leaves one record, never a growing list.  Returns the key.
+
+        A JWT names only the key id, so the tokens of every earlier key under this id
+        must die too: the id goes into the revoked set, which refuses JWTs (a key itself
+        is checked against its record).  A key issued this way is used as itself, never
+        exchanged for a token."""
+        record = self.keys.api_key(key_id)
+        old = cast(str | None, await self.redis.hget(record, "digest"))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if old:
+                pipe.hdel(self.keys.api_key_digests, old)
+            pipe.delete(record)  # no field of the old key (revoked_at, last_used_at) stays
+            pipe.sadd(self.keys.api_keys_revoked, key_id)
+            await pipe.execute()
+        self._bindings.pop(key_id, None)
+        key, _ = await self.create(name, scopes, created_by=created_by, key_id=key_id, agent=agent)
+        return key
+
     async def count(self) -> int:
         return await self.redis.zcard(self.keys.api_key_ids)
 
