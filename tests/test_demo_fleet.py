@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ezdash.agent.demo import HTTP_IDS, QUEUES, fleet_configs, http_count
+from ezdash.backfill.fleet import fleet as backfill_fleet
 from ezdash.serve import DEMO_KEY_ID, demo_on_gateway, local_base
 from ezdash.settings import Settings
 
@@ -38,6 +39,8 @@ def test_the_http_share_of_a_fleet() -> None:
     # the same fleet, its last three renamed so that one glob covers them and only them
     assert ids[:9] == plain[:9] and all(not a.startswith("demo-http-") for a in ids[:9])
     assert ids[9:] == [a.replace("demo-", "demo-http-", 1) for a in plain[9:]]
+    # the first start's history is of these agents, under these ids
+    assert [a.id for a in backfill_fleet(12, 1, http_count(12, Settings().demo_http_share))] == ids
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -67,14 +67,17 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 async def first_run_history(services: Services, redis_url: str) -> None:
     """An empty store gets a few weeks of the demo fleet's history, so every chart has
     data at once; written in the background while the server already answers."""
+    from .agent.demo import http_count
     from .backfill import backfill
 
     s = services.settings
+    agents = max(s.demo_agents, 12)
     print(f"empty metrics store: backfilling {s.backfill_days} days of demo history...", flush=True)
     summary = await backfill(
         redis_url,  # its own connection, packed by hiredis, off the server's pool
         days=s.backfill_days,
-        agents=max(s.demo_agents, 12),
+        agents=agents,
+        http_agents=http_count(agents, s.demo_http_share),  # under the ids serve runs
         prefix=s.redis_prefix,
         tiers=services.tiers,
         prices=services.prices,

@@ -162,12 +162,14 @@ class FleetAgent:
     rate_scale: float  # busy and quiet agents of the same kind
 
 
-def fleet(n: int, seed: int) -> list[FleetAgent]:
+def fleet(n: int, seed: int, http: int = 0) -> list[FleetAgent]:
     """The demo fleet's ids, kinds and models (``agent.demo.fleet_configs``), so a
-    backfill of N agents is the history of the demo fleet of N agents."""
+    backfill of N agents is the history of the demo fleet of N agents, the last
+    ``http`` of them under their gateway ids as ``ezdash serve`` runs them."""
     rng = np.random.default_rng([seed, 17])
     out = []
-    for agent_id, kind, cfg in fleet_configs(n, prefix="ez", heartbeat=5.0, visibility=60.0):
+    configs = fleet_configs(n, prefix="ez", heartbeat=5.0, visibility=60.0, http=http)
+    for agent_id, kind, cfg in configs:
         named = cfg.model or kind.models[0]
         model = MODEL_SUBSTITUTES.get(named, named)
         out.append(

@@ -97,6 +97,7 @@ async def backfill(
     now_ms: int | None = None,
     on_calls: Callable[[Calls, Simulation], None] | None = None,
     in_flight: int = 3,
+    http_agents: int = 0,
 ) -> dict[str, Any]:
     """Write ``days`` of simulated usage of ``agents`` agents, ending now, into the
     rollups of the deployment ``prefix`` (a URL or a client); returns a summary.
@@ -134,7 +135,13 @@ async def backfill(
         end = now // base * base
         start = end - round(days * DAY_MS) // base * base
         sim = Simulation(
-            agents=agents, start_ms=start, end_ms=end, prices=table, seed=seed, base_ms=base
+            agents=agents,
+            start_ms=start,
+            end_ms=end,
+            prices=table,
+            seed=seed,
+            base_ms=base,
+            http_agents=http_agents,
         )
         names = LabelTable.of(sim)
         report = ProgressBar() if progress is True else (progress or None)

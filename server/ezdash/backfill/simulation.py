@@ -89,6 +89,7 @@ class Simulation:
         prices: PriceTable,
         seed: int = 1,
         base_ms: int = MINUTE_MS,
+        http_agents: int = 0,
     ) -> None:
         if agents < 1:
             raise ValueError("need at least one agent")
@@ -99,7 +100,7 @@ class Simulation:
         self.start_ms, self.end_ms, self.base_ms = start_ms, end_ms, base_ms
         self.seed = seed
         self.prices = prices
-        self.agents = fleet(agents, seed)
+        self.agents = fleet(agents, seed, http_agents)
         self.models = list(MODELS)
         self.kinds = list(KIND_PROFILES)
         m_index = {m: i for i, m in enumerate(self.models)}
