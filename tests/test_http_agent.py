@@ -121,7 +121,7 @@ async def test_tasks_usage_and_logs_over_http(api: Api, http_fleet: HttpFleet) -
     mine = [e for e in items if e["message"] == "working on it"]
     assert {e["task_id"] for e in mine} == set(ids)
     assert any(e["message"].startswith("agent started") for e in items)
-    assert agent.completed == 5
+    await wait_for(lambda: _true(agent.completed == 5), 10, what="the finishes answered")
 
     # the server counted the outcomes (the transport writes no rollups itself)
     async def outcomes() -> Any:
@@ -217,7 +217,8 @@ async def test_the_agent_goes_on_after_a_server_restart(api: Api, http_fleet: Ht
         running = server = await start_api_on(settings, port)
         tid = await create(api, {"w": "after"})
         assert (await finished(api, tid))["result"] == {"echo": {"w": "after"}}
-        assert agent.completed == 2
+        # counted when the finish's answer is back, which may be just after the read above
+        await wait_for(lambda: _true(agent.completed == 2), 10, what="the second finish")
         # the registry forgot it (a wiped Redis): the next heartbeat registers it again
         await api.services.redis.hdel(api.services.keys.agents, "py-1")
         await registered(api, "py-1")
@@ -226,3 +227,7 @@ async def test_the_agent_goes_on_after_a_server_restart(api: Api, http_fleet: Ht
         await http_fleet.close()
         if running is not None:
             await stop_api(running)
+
+
+async def _true(value: bool) -> bool:
+    return value

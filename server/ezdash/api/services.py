@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ezdash.services")
 
 
+AGENT_PROTOCOL_SCRIPTS = frozenset({"task_take", "task_finish", "task_lease", "agent_heartbeat"})
+"""The scripts the gateway's agents run many times a second, batched per loop turn."""
+
+
 class AgentKinds:
     """Each gateway agent's ``kind`` (a dimension of its task outcomes), read from its
     document once a minute at most: finishing a task costs no document read."""
@@ -147,7 +151,7 @@ class Services:
     def create(cls, settings: Settings, redis_url: str) -> Services:
         redis = make_redis(redis_url, settings.redis_max_connections)
         keys = Keys(settings.redis_prefix)
-        scripts = Scripts(redis)
+        scripts = Scripts(redis, batched=AGENT_PROTOCOL_SCRIPTS)
         secrets = load_secrets(settings)
         watch = RedisWatch(redis, keys.probe)
         limits = budgets(settings)

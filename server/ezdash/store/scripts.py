@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+
+from .batch import ScriptBatcher
 
 NAMES = (
     "agent_heartbeat",
@@ -42,10 +45,20 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """The project's scripts registered on one client (redis-py reloads on NOSCRIPT)."""
+    """The project's scripts registered on one client (redis-py reloads on NOSCRIPT).
 
-    def __init__(self, redis: Redis) -> None:
-        self._scripts = {name: redis.register_script(source(name)) for name in NAMES}
+    Those named in ``batched`` go through a ``ScriptBatcher``: calls made in the same
+    event-loop turn share one round trip (the server's agent protocol, where many
+    agents take and finish at once; each script is still atomic on its own)."""
+
+    def __init__(self, redis: Redis, batched: frozenset[str] = frozenset()) -> None:
+        self._scripts: dict[str, Callable[..., Awaitable[Any]]] = {
+            name: redis.register_script(source(name)) for name in NAMES if name not in batched
+        }
+        self._batched = {name: ScriptBatcher(redis, source(name)) for name in batched}
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        batcher = self._batched.get(name)
+        if batcher is not None:
+            return await batcher(keys, args)
         return await self._scripts[name](keys=keys, args=args)
