@@ -36,7 +36,7 @@ class AgentConfig:
     gateway_socket: bool = False
     """Over the agent gateway (``url=``): heartbeats, takes, finishes and command
     reports on one WebSocket instead of a request each (commands pushed as they are
-    created; about 3x the task throughput of requests)."""
+    created; about 1.5x the task throughput of requests, docs/benchmarks.md)."""
     events_maxlen: int = 100_000
     record_usage: bool = True
     rollup_tiers: str = DEFAULT_TIERS  # must match the server's EZ_ROLLUP_TIERS

@@ -9,11 +9,11 @@ nothing; a problem document for 4xx and 5xx).  Its commands are pushed as they a
 created (``{"type": "command", "data"}``), woken by the same one reader per instance
 that wakes long polls, so an idle agent costs no Redis connection.
 
-Why a socket beside HTTP: a request costs this server its parsing, routing and
-answer headers; on the 2-core machines of docs/benchmarks.md a take and a finish
-over HTTP come to about 0.7 ms of the server's time, a bare Tornado request already
-to 0.4 ms, so request/response cannot reach half of what agents on Redis do.  A
-message costs a fraction of that.
+Why a socket beside HTTP: a request costs this server its parsing, routing,
+credential check and answer headers once more for every operation.  On the 2-core
+machines of docs/benchmarks.md a task (a take and a finish) costs the server about
+1.1 ms as two requests and 0.7 ms as two messages: 0.39x and 0.56x of what agents
+on Redis do in the same run.
 
 Every operation goes through ``Gate`` (the binding checks and the task and command
 scripts the HTTP endpoints use), and every message is charged to the key's
