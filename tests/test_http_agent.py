@@ -112,6 +112,9 @@ async def test_tasks_usage_and_logs_over_http(api: Api, http_fleet: HttpFleet) -
     await asyncio.sleep(0.5)  # a batch counted twice would show by now
     totals = (await api.get("/api/metrics/tokens?from=now-1h&agent=py-1")).json["totals"]
     assert (totals["input_tokens"], totals["output_tokens"]) == (500, 35)
+    costs = (await api.get("/api/metrics/costs?from=now-1h&agent=py-1")).json
+    # gpt-4o since 2024-08-06: $2.50 in, $10 out per million tokens; exact to the nano
+    assert round(costs["totals"]["cost_usd"] * 1e9) == 5 * (100 * 2500 + 7 * 10_000), costs
 
     async def logged() -> Any:
         items = (await api.get("/api/logs/search?agent=py-1&limit=500")).json["items"]
