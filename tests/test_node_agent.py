@@ -94,32 +94,70 @@ async def command_status(api: Api, cid: str, status: str) -> dict[str, Any]:
     return doc
 
 
-async def test_the_node_agent_works_tasks_reports_usage_and_obeys_commands(
-    api: Api, built: Path, tmp_path: Path
-) -> None:
-    r = await api.post(
-        "/api/auth/keys",
-        json={
-            "name": "node agent",
-            "scopes": ["agent"],
-            "agent": {"ids": "node-*", "queues": [QUEUE]},
-        },
-    )
-    assert r.status == 201, r.json
-    env = {
-        **os.environ,
-        "EZ_URL": api.base,
-        "EZ_AGENT_KEY": r.json["key"],
-        "EZ_AGENT_ID": AGENT_ID,
-        "EZ_QUEUES": QUEUE,
-        "EZ_DEMO_DELAY_MS": str(DELAY_MS),
-    }
-    out = tmp_path / "agent.log"
-    with out.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
+class NodeAgents:
+    """Node agent processes of one test, with the key they share; each logs to a file
+    of its own, killed and closed at the end whatever happened."""
+
+    def __init__(self, api: Api, built: Path, logs: Path) -> None:
+        self.api, self.built, self.logs = api, built, logs
+        self.key = ""
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.sinks: list[Any] = []
+
+    async def issue_key(self, name: str) -> str:
+        r = await self.api.post(
+            "/api/auth/keys",
+            json={"name": name, "scopes": ["agent"], "agent": {"ids": "node-*", "queues": [QUEUE]}},
         )
-    said = out.read_text
+        assert r.status == 201, r.json
+        self.key = str(r.json["key"])
+        return self.key
+
+    async def start(self, agent_id: str, delay_ms: int) -> asyncio.subprocess.Process:
+        env = {
+            **os.environ,
+            "EZ_URL": self.api.base,
+            "EZ_AGENT_KEY": self.key,
+            "EZ_AGENT_ID": agent_id,
+            "EZ_QUEUES": QUEUE,
+            "EZ_DEMO_DELAY_MS": str(delay_ms),
+        }
+        sink = (self.logs / f"{agent_id}.log").open("wb")
+        self.sinks.append(sink)
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(self.built), env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+        self.procs.append(proc)
+        return proc
+
+    def said(self, agent_id: str) -> str:
+        return (self.logs / f"{agent_id}.log").read_text()
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for sink in self.sinks:
+            sink.close()
+
+
+@pytest.fixture
+async def node_agents(api: Api, built: Path, tmp_path: Path) -> Any:
+    agents = NodeAgents(api, built, tmp_path)
+    yield agents
+    await agents.close()
+
+
+async def test_the_node_agent_works_tasks_reports_usage_and_obeys_commands(
+    api: Api, node_agents: NodeAgents
+) -> None:
+    await node_agents.issue_key("node agent")
+    proc = await node_agents.start(AGENT_ID, DELAY_MS)
+
+    def said() -> str:
+        return node_agents.said(AGENT_ID)
+
     try:
 
         async def agent() -> dict[str, Any] | None:
@@ -186,45 +224,15 @@ async def test_the_node_agent_works_tasks_reports_usage_and_obeys_commands(
         assert (await api.get(f"/api/agents/{AGENT_ID}")).json["status"] == "stopped"
     finally:
         print(said())  # shown when the test fails
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
-    api: Api, built: Path, tmp_path: Path
+    api: Api, node_agents: NodeAgents
 ) -> None:
     """SIGKILL an HTTP agent mid-task: nothing tells the server, its lease lapses, the
     task is reclaimed after the visibility timeout and finished once, by the other."""
-    r = await api.post(
-        "/api/auth/keys",
-        json={
-            "name": "node agents",
-            "scopes": ["agent"],
-            "agent": {"ids": "node-*", "queues": [QUEUE]},
-        },
-    )
-    key = r.json["key"]
-    procs: list[asyncio.subprocess.Process] = []
-    sinks: list[Any] = []
-
-    async def start(agent_id: str, delay_ms: int) -> asyncio.subprocess.Process:
-        env = {
-            **os.environ,
-            "EZ_URL": api.base,
-            "EZ_AGENT_KEY": key,
-            "EZ_AGENT_ID": agent_id,
-            "EZ_QUEUES": QUEUE,
-            "EZ_DEMO_DELAY_MS": str(delay_ms),
-        }
-        sink = (tmp_path / f"{agent_id}.log").open("wb")
-        sinks.append(sink)
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-        procs.append(proc)
-        return proc
-
+    await node_agents.issue_key("node agents")
+    start = node_agents.start
     try:
         doomed = await start("node-doomed", 120_000)
         r = await api.post("/api/tasks", json={"type": "summarize", "queue": QUEUE})
@@ -250,46 +258,17 @@ async def test_a_killed_agent_s_task_is_reclaimed_and_finished_once_by_another(
         assert history[-1] == ("node-heir", "succeeded"), history
         assert sum(1 for _, status in history if status == "succeeded") == 1, history
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        for sink in sinks:
-            sink.close()
+        await node_agents.close()
 
 
 async def test_agents_long_polling_through_a_server_restart_lose_nothing(
-    api: Api, built: Path, tmp_path: Path
+    api: Api, node_agents: NodeAgents
 ) -> None:
     """Two Node agents work a queue; the server stops and a new one starts on the same
     port and Redis: they reconnect, every task succeeds once, none held by two."""
-    r = await api.post(
-        "/api/auth/keys",
-        json={
-            "name": "node pair",
-            "scopes": ["agent"],
-            "agent": {"ids": "node-*", "queues": [QUEUE]},
-        },
-    )
-    key = r.json["key"]
-    procs: list[asyncio.subprocess.Process] = []
-    sinks: list[Any] = []
+    await node_agents.issue_key("node pair")
     for agent_id in ("node-a", "node-b"):
-        env = {
-            **os.environ,
-            "EZ_URL": api.base,
-            "EZ_AGENT_KEY": key,
-            "EZ_AGENT_ID": agent_id,
-            "EZ_QUEUES": QUEUE,
-            "EZ_DEMO_DELAY_MS": "150",
-        }
-        sink = (tmp_path / f"{agent_id}.log").open("wb")
-        sinks.append(sink)
-        procs.append(
-            await asyncio.create_subprocess_exec(
-                "node", str(built), env=env, stdout=sink, stderr=subprocess.STDOUT
-            )
-        )
+        await node_agents.start(agent_id, 150)
     port = int(api.base.rsplit(":", 1)[1])
     current = api
     try:
@@ -322,12 +301,7 @@ async def test_agents_long_polling_through_a_server_restart_lose_nothing(
                 assert end <= start, t["history"]  # attempts never overlap
         assert {t["agent_id"] for t in tasks} <= {"node-a", "node-b"}
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        for sink in sinks:
-            sink.close()
+        await node_agents.close()
         if current is not api:  # the fixture stops the server it holds: the new one
             api.server, api.services = current.server, current.services
             current.client.close()
