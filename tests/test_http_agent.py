@@ -234,3 +234,23 @@ async def test_the_agent_goes_on_after_a_server_restart(api: Api, http_fleet: Ht
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_agent_whose_key_is_revoked_stops_and_closes_its_connections(
+    api: Api, http_fleet: HttpFleet
+) -> None:
+    """Revoked under it, the agent's calls are refused (401, not retried); asked to
+    stop, it still stops, and leaves no connection open."""
+    r = await api.post(
+        "/api/auth/keys",
+        json={"name": "short", "scopes": ["agent"], "agent": {"ids": "py-*", "queues": ["code"]}},
+    )
+    agent = http_fleet.start("py-1", r.json["key"])
+    await registered(api, "py-1")
+    assert (await api.fetch("DELETE", f"/api/auth/keys/{r.json['id']}")).status in (200, 204)
+    await asyncio.wait_for(agent.stop(), 15)
+    task = http_fleet.agents[-1][1]
+    await asyncio.wait_for(task, 15)  # run() returns
+    transport = agent.transport
+    assert isinstance(transport, HttpTransport)
+    assert transport._session is None  # closed

@@ -51,6 +51,7 @@ from ..store.logs import Doc
 from ..store.tasks import Delivery
 from .config import AgentConfig
 from .logs import LogRecorder
+from .transport import Refused
 
 if TYPE_CHECKING:
     from .control import CommandInbox
@@ -62,7 +63,7 @@ BEAT_STATUSES = {"idle", "busy", "error", "restarting", "stopping", "stopped"}
 MAX_WAIT_S = 30.0  # the gateway's longest long poll
 
 
-class GatewayRefused(Exception):
+class GatewayRefused(Refused):
     """A 4xx other than 409 (or 404 where it means something): a wrong key, a binding
     that does not allow this agent or queue, a malformed body.  Retrying cannot help."""
 
@@ -426,6 +427,8 @@ class GatewaySocket:
     async def attempt(self, op: str, message: dict[str, Any], timeout_s: float) -> Attempt:
         try:
             status, data = await self.op(op, message, timeout_s)
+        except aiohttp.WSServerHandshakeError as e:  # the upgrade was answered: its status
+            return e.status, {"detail": e.message}, None, ""
         except (OSError, aiohttp.ClientError, TimeoutError) as e:
             reraise_if_cancelling(e)
             return 599, None, None, f"{type(e).__name__}: {e}"

@@ -55,7 +55,7 @@ from .control import CommandInbox
 from .http_transport import HttpTransport
 from .logs import LogHandler, LogRecorder, Scope, current_scope
 from .redis_transport import RedisTransport
-from .transport import Transport, UsageSink
+from .transport import Refused, Transport, UsageSink
 
 log = logging.getLogger("ezdash.agent")
 
@@ -292,10 +292,13 @@ class Agent:
         await self._publish_quiet()
         await self._drain(force=force)
         self.log("info", "agent stopped", completed=self.completed)
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self._report(lambda: self._publish_status("stopped"))
-        if command_id:
-            await self._inbox.done(command_id, "completed")
+            if command_id:
+                await self._inbox.done(command_id, "completed")
+        except (RedisError, OSError, Refused) as e:  # stopped all the same
+            reraise_if_cancelling(e)
+            log.warning("%s: could not report its stop: %s", self.id, e)
         self._stopped.set()
 
     async def kill(self) -> None:
@@ -315,29 +318,38 @@ class Agent:
         for t in loops:
             t.cancel()
         for t in loops:
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
+            try:
                 await t
+            except (asyncio.CancelledError, RedisError):
+                pass
+            except Exception as e:  # a refusal (GatewayRefused) ended it: still shut down
+                log.warning("%s: %s ended with %r", self.id, t.get_name(), e)
+        try:
+            await self._close_recorders()
+        finally:
+            await self.transport.close()  # whatever happened, no connection left open
+
+    async def _close_recorders(self) -> None:
         self._detach_logging()
         if self.recorder is not None and self._killed:
             await self.recorder.abandon()
         elif self.recorder is not None:
             try:
                 await self.recorder.close()  # what was recorded is written before we go
-            except (RedisError, OSError) as e:
+            except (RedisError, OSError, Refused) as e:
                 log.warning("%s: usage not written at shutdown: %s", self.id, e)
         if self.log_recorder is not None and self._killed:
             await self.log_recorder.abandon()
         elif self.log_recorder is not None:
             try:
                 await self.log_recorder.close()
-            except (RedisError, OSError) as e:
+            except (RedisError, OSError, Refused) as e:
                 log.warning(
                     "%s: %d log entries not written at shutdown: %s",
                     self.id,
                     self.log_recorder.pending,
                     e,
                 )
-        await self.transport.close()
 
     async def _drain(self, *, force: bool) -> None:
         if force:
@@ -398,7 +410,7 @@ class Agent:
             self.status = "busy" if self.running else "idle"
         try:
             await self.publish()
-        except (RedisError, OSError) as e:
+        except (RedisError, OSError, Refused) as e:
             reraise_if_cancelling(e)
             log.warning("%s: could not publish status: %s", self.id, e)
 

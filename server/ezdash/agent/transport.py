@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from .logs import LogRecorder
 
 
+class Refused(Exception):
+    """The service refused a call for good (a revoked key, a binding that does not
+    allow it): unlike an ``OSError``, retrying cannot help.  The runtime still stops
+    when asked, and says why in its log."""
+
+
 class UsageSink(Protocol):
     """Where usage goes: ``metrics.recorder.UsageRecorder`` on Redis (rollups written by
     the agent), ``agent.http_transport.HttpUsageRecorder`` over HTTP (raw events
