@@ -51,6 +51,7 @@ async def test_list_and_detail(api: Api, fleet: Fleet) -> None:
         0,
     )
     assert b["last_heartbeat"].endswith("Z") and 0 <= b["heartbeat_age_s"] < 1
+    assert {a["transport"] for a in page["items"]} == {"redis"}  # agents on Redis
     first = (await api.get("/api/agents?limit=1")).json
     assert [a["id"] for a in first["items"]] == ["a-agent"]
     second = (await api.get(f"/api/agents?limit=1&cursor={first['next_cursor']}")).json

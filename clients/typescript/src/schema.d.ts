@@ -885,6 +885,12 @@ export interface components {
             };
             /** Queues */
             queues?: string[];
+            /**
+             * Transport
+             * @description How it reaches the fleet: Redis itself, or the agent gateway
+             * @enum {string}
+             */
+            transport: "redis" | "http";
         } & {
             [key: string]: unknown;
         };
@@ -923,6 +929,12 @@ export interface components {
             };
             /** Queues */
             queues?: string[];
+            /**
+             * Transport
+             * @description How it reaches the fleet: Redis itself, or the agent gateway
+             * @enum {string}
+             */
+            transport: "redis" | "http";
             stats: components["schemas"]["AgentStats"];
             /** Recent Errors */
             recent_errors: components["schemas"]["AgentError"][];

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from ..keys import AGENT_STATUSES, COMMAND_ACTIONS, COMMAND_STATUSES, TASK_STATUSES
 from ..metrics.events import JsonInt, UsageEvent
 from ..security.apikeys import AGENT_GLOB, GRANTED_QUEUE
+from ..store.agents import Transport
 from ..store.logs import ALIASES, LEVELS
 from ..timeutil import RELATIVE_TIME, UNIX_TIME
 
@@ -90,6 +91,9 @@ class Agent(BaseModel):
     restarts: int
     tags: dict[str, str]
     queues: list[str] = Field(default_factory=list)
+    transport: Transport = Field(
+        description="How it reaches the fleet: Redis itself, or the agent gateway"
+    )
 
 
 class Command(BaseModel):

@@ -9,7 +9,7 @@ heartbeat age, so it needs no sweeper and cannot go stale.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -44,8 +44,14 @@ def _parsed(raw: str) -> dict[str, Any]:
     return doc
 
 
+Transport = Literal["redis", "http"]
+"""How an agent reaches the fleet: Redis itself, or the agent gateway (which writes
+``transport: "http"`` into the documents it registers; agents on Redis write none)."""
+
+
 def agent_view(raw: str, hb: float | None, now: int, timeout_s: float) -> dict[str, Any]:
     doc = dict(_parsed(raw))
+    doc["transport"] = "http" if doc.get("transport") == "http" else "redis"
     age = (now - hb) / 1000 if hb is not None else None
     if doc.get("status") not in NO_HEARTBEAT_STATUSES and (age is None or age > timeout_s):
         doc["status"] = "unresponsive"
