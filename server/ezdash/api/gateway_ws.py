@@ -321,7 +321,9 @@ class AgentSocketHandler(GatewayHandler, WebSocketHandler):
             try:
                 newest = await svc.redis.xrevrange(stream, "+", "-", count=1)
                 position = newest[0][0] if newest else "0-0"
-                for cmd in await svc.commands.pending_for(self.agent_id):
+                pending = await svc.commands.pending_for(self.agent_id)
+                sent &= {cmd["id"] for cmd in pending}  # only what may still be pushed
+                for cmd in pending:
                     if cmd["id"] not in sent:
                         sent.add(cmd["id"])
                         if not await self._send({"type": "command", "data": cmd}):
