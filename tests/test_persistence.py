@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from ezdash.serve import DataDirBusy, serve
 from ezdash.settings import Settings
 
-from .conftest import ADMIN_KEY, FAST, Fleet
+from .conftest import ADMIN_KEY, FAST, Fleet, start_api, stop_api
 
 
 async def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -118,3 +119,30 @@ async def test_second_instance_on_same_data_dir_is_told_to_share(tmp_path: Path)
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)
+
+
+async def test_shutdown_does_not_wait_for_ever_on_a_task_that_ignores_its_cancel(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background task that takes its cancellation for something else and carries on
+    (as a loop may when a Redis client turns it into a connection error) is named in
+    the log after the shutdown grace, and the server still closes."""
+    api = await start_api(settings.model_copy(update={"shutdown_grace": 0.5}))
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                continue  # not for me, it thinks
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    api.services.background.append(task)
+    started = time.monotonic()
+    await asyncio.wait_for(stop_api(api), 10)
+    assert time.monotonic() - started < 5
+    assert not task.done()
+    assert any("stubborn did not end" in r.getMessage() for r in caplog.records)
+    release.set()
+    await task

@@ -253,14 +253,31 @@ class Services:
         self.pending.add(task)
         task.add_done_callback(self._done)
 
+    async def _settle(self, tasks: set[asyncio.Task[None]], what: str) -> None:
+        """Wait for ``tasks`` to end, at most the shutdown grace: one that ignores its
+        cancellation (a Redis client can turn it into a connection error that a loop
+        then retries) is named in the log and left, not waited on for ever.  Unlike
+        ``suppress(CancelledError)`` around an await, this never swallows the
+        cancellation of the task that is closing."""
+        if not tasks:
+            return
+        grace = self.settings.shutdown_grace
+        done, left = await asyncio.wait(tasks, timeout=grace)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s %s failed: %r", what, task.get_name(), task.exception())
+        for task in left:
+            log.error(
+                "%s %s did not end within %gs of shutdown; left", what, task.get_name(), grace
+            )
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background write failed: %r", task.exception())
 
     async def close(self) -> None:
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
+        await self._settle(set(self.pending), "pending write")
         await self.audit.close(self.settings.shutdown_grace)
         await self.redis_watch.close()
         self.closing.set()
@@ -268,13 +285,11 @@ class Services:
             sock.close(1001, "server stopping: reconnect")
         for task in self.background:
             task.cancel()
-        for task in self.background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._settle(set(self.background), "background task")
         self.background.clear()
         for task in list(self.deliveries):
             task.cancel()
-        await asyncio.gather(*self.deliveries, return_exceptions=True)
+        await self._settle(set(self.deliveries), "delivery")
         if self.hub is not None:
             await self.hub.close()
         await self.log_tail.close()
