@@ -298,7 +298,12 @@ async def test_filtering_to_one_group_shows_that_slice(page: Page, dim: str) -> 
     await p.refresh()
     await wait_for(lambda: _done(p), timeout=60, what="the filtered view")
     assert p.current_query().filters == ((dim, busiest),)
-    np.testing.assert_allclose(_fleet_line(p), by_group[busiest].to_numpy(), atol=1e-9)
+    # the same buckets (the window moves on if an hour ended between the two loads)
+    assert p.loaded is not None
+    shown = pd.Series(_fleet_line(p), index=p.loaded.frame.index)
+    common = shown.index.intersection(by_group.index)
+    assert len(common) >= len(shown) - 1, (shown.index, by_group.index)
+    np.testing.assert_allclose(shown[common], by_group[busiest][common], atol=1e-9)
 
 
 async def _async(value: bool) -> bool:
