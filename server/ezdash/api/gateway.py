@@ -117,7 +117,7 @@ class Gate:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(body.wait_s, svc.settings.agent_max_wait)
         while not gone.is_set():
-            got = await svc.tasks.take(agent_id, body.queues)
+            got = await svc.tasks.take(agent_id, body.queues, snapshot=True)
             if isinstance(got, Delivery):
                 return got
             if got and not await self._woken(got, deadline - loop.time(), gone):

@@ -30,12 +30,13 @@ import logging
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..aio import reraise_if_cancelling
 from ..store.leases import Lease
+from .asyncapi import Closed
 from .base import require_upgrade, validated
 from .errors import Problem, invalid, problem_for
 from .gateway import PREFIX, Gate, GatewayHandler, settings_doc
@@ -100,10 +101,6 @@ OPS: dict[str, tuple[type[BaseModel], str]] = {
     "finish": (WsFinish, "Finish a task (as POST /api/agent/v1/tasks/{task_id}/finish)"),
     "command": (WsCommandReport, "Report on a command (as POST .../commands/{command_id})"),
 }
-
-
-class Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class GatewaySettings(Closed):

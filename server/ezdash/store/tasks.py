@@ -406,10 +406,13 @@ class TaskStore:
         return out
 
     # -- the agent side ---------------------------------------------------------
-    async def take(self, agent_id: str, queues: list[str]) -> Delivery | list[tuple[str, str]]:
+    async def take(
+        self, agent_id: str, queues: list[str], *, snapshot: bool = False
+    ) -> Delivery | list[tuple[str, str]]:
         """Take and start the next task; or, when there is none, the (stream, last id)
         pairs to block on with XREAD until something new arrives (an empty list:
-        call again at once)."""
+        call again at once).  With ``snapshot`` the delivery carries the task as the
+        script left it (the gateway's answer); an agent does not pay for building it."""
         res = await self.scripts.run(
             "task_take", [self.keys.events], [self.keys.base, agent_id, self.maxlen, *queues]
         )
@@ -426,7 +429,7 @@ class TaskStore:
                 int(attempt),
                 int(maxatt),
                 entry,
-                Snapshot.of(res[9:]) if len(res) > 9 else None,
+                Snapshot.of(res[9:]) if snapshot and len(res) > 9 else None,
             )
         return list(zip(res[1::2], res[2::2], strict=True))
 
