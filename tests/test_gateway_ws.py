@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,10 +17,12 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from ezdash.api.asyncapi import asyncapi_document
 from ezdash.api.gateway_ws import OPS, SENT
+from ezdash.redis_server import RedisServer
 
-from .conftest import Api, wait_for
+from .conftest import Api, stop_api, wait_for
 from .test_asyncapi import validator
 from .test_gateway import V1, agent_key, bearer, register, take
+from .test_outage import own_api
 
 
 class Socket:
@@ -189,3 +192,31 @@ async def test_a_revoked_key_closes_its_socket(api: Api) -> None:
         await ws.conn.write_message('{"op": "heartbeat", "id": 2}')
         closed = await asyncio.wait_for(ws.conn.read_message(), 10)
         assert closed is None and ws.conn.close_code == 1008
+
+
+@pytest.mark.slow
+async def test_redis_down_is_a_503_reply_and_the_socket_stays_open(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """While Redis is away every operation is answered 503 ``redis-unavailable`` (no
+    500, no closed socket); once it is back the same socket works again."""
+    api = await own_api(own_redis, tmp_path)
+    try:
+        key = await agent_key(api)
+        await register(api, key, "ci-1", ["code"])
+        async with socket(api, key, "ci-1") as ws:
+            assert (await ws.call("heartbeat", status="idle"))["status"] == 200
+            own_redis.kill()
+            down = await ws.call("take", queues=["code"], wait_s=0.2, timeout=30)
+            assert down["status"] == 503, down
+            assert down["data"]["type"].endswith("/redis-unavailable"), down
+            own_redis.start()
+
+            async def back() -> bool:
+                return bool(
+                    (await ws.call("heartbeat", status="idle", timeout=30))["status"] == 200
+                )
+
+            await wait_for(back, 30, interval=0.2, what="the socket to work after Redis is back")
+    finally:
+        await stop_api(api)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,6 @@ from ezdash.settings import Settings
 from .conftest import ADMIN_KEY, FAST, Api, Fleet, Response, start_api, stop_api, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    yield server
-    if server.running:
-        server.stop()
 
 
 async def own_api(server: RedisServer, tmp_path: Path) -> Api:
